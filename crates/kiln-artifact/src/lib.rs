@@ -1,0 +1,1 @@
+//! Packing build output as deterministic TAR and signing it with minisign.

@@ -1,0 +1,26 @@
+//! Kiln's domain model, free of I/O.
+//!
+//! This crate knows what a build *is*: the request a user sends, how it is
+//! validated against a [`Recipe`], how versions are chosen, and how the
+//! resolved request becomes a content-addressed [`BuildKey`]. It knows no
+//! database, no Docker, no HTTP and no file system; every other crate builds
+//! on these types.
+
+pub mod key;
+pub mod module;
+pub mod platform;
+pub mod recipe;
+pub mod request;
+pub mod state;
+pub mod version;
+
+mod error;
+
+pub use error::ValidationError;
+pub use key::BuildKey;
+pub use module::ModulePath;
+pub use platform::Platform;
+pub use recipe::{Recipe, Step};
+pub use request::{BuildRequest, BuildSpec, PluginRequest, PluginSpec, Replacement};
+pub use state::{AttemptOutcome, BuildState, FailureKind, WorkerState};
+pub use version::{Version, VersionWanted};

@@ -1,0 +1,122 @@
+//! Recipes: how one product is built. Defined in the configuration.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::module::pattern_matches;
+use crate::{ModulePath, Platform, Version};
+
+/// One product Kiln can build, e.g. `caddy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Docker image every step runs in (pinned by digest in production).
+    pub image: String,
+    /// Pull the image when it is missing (off for locally built images).
+    #[serde(default)]
+    pub pull: bool,
+    /// Where the product's versions come from.
+    pub versions: VersionSource,
+    /// Which plugins may be added and where their versions come from.
+    #[serde(default)]
+    pub plugins: PluginRules,
+    /// Supported platforms, `os/arch` or `os/arm/N`.
+    pub platforms: Vec<Platform>,
+    /// The main binary's file name in `out/` (`.exe` is added on windows).
+    pub binary: String,
+    /// The steps, run in order, each in a fresh container.
+    pub steps: Vec<Step>,
+    /// A named Docker volume shared between builds of this recipe only.
+    #[serde(default)]
+    pub cache: Option<CacheVolume>,
+    /// How long artifacts are kept; the global default applies when unset.
+    #[serde(default)]
+    pub artifact_ttl_secs: Option<u64>,
+}
+
+/// Where versions come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
+pub enum VersionSource {
+    /// A fixed list in the configuration.
+    Static { versions: Vec<Version> },
+    /// The Go module proxy's list for `module`.
+    GoProxy { module: ModulePath },
+}
+
+/// Which plugins a recipe accepts.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRules {
+    /// Module path patterns: `*` within one element, a trailing `/**` for any depth.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Static version lists per module; modules not listed here are resolved
+    /// through the Go module proxy when `go_proxy` is set.
+    #[serde(default)]
+    pub versions: BTreeMap<String, Vec<Version>>,
+    /// Resolve plugin versions through the Go module proxy.
+    #[serde(default)]
+    pub go_proxy: bool,
+    /// Whether requests may replace modules (`r=` in the compat API).
+    #[serde(default)]
+    pub replacements: bool,
+    /// The most plugins one build may have.
+    #[serde(default = "default_max_plugins")]
+    pub max: usize,
+}
+
+fn default_max_plugins() -> usize {
+    32
+}
+
+impl PluginRules {
+    pub fn allows(&self, module: &ModulePath) -> bool {
+        self.allow.iter().any(|p| pattern_matches(p, module.as_str()))
+    }
+}
+
+/// A named volume mounted at `path` in every step of the recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheVolume {
+    pub name: String,
+    pub path: String,
+}
+
+/// One build step: an argv list run in a new container. Arguments and env
+/// values are templates over the build's parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub name: String,
+    /// The argv. No shell is involved unless the recipe names one here.
+    pub run: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Network access for this step (default: none).
+    #[serde(default)]
+    pub network: bool,
+    /// Wall-clock limit after which the container is killed.
+    #[serde(default = "default_step_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_step_timeout() -> u64 {
+    600
+}
+
+impl Recipe {
+    /// A hash of the whole definition: any change to the recipe makes new keys.
+    pub fn revision(&self) -> String {
+        let canonical = serde_json::to_vec(self).expect("a recipe always serializes");
+        hex::encode(&Sha256::digest(&canonical)[..8])
+    }
+
+    /// The main binary's file name in `out/` for a platform.
+    pub fn binary_file(&self, platform: &Platform) -> String {
+        if platform.os == "windows" { format!("{}.exe", self.binary) } else { self.binary.clone() }
+    }
+}

@@ -1,0 +1,1 @@
+//! The janitor: migrations, rescue of lapsed leases, retries, expiry and pruning.

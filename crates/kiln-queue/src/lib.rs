@@ -1,0 +1,1 @@
+//! The Postgres build queue: schema, claims, leases, fencing, notifications.

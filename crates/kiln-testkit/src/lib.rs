@@ -1,0 +1,1 @@
+//! Test helpers: a database per test from a migrated template, spawned binaries, s3s-fs.

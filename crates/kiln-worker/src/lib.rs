@@ -1,0 +1,1 @@
+//! The build worker: claims jobs, runs isolated Docker steps, uploads signed artifacts.
