@@ -49,10 +49,10 @@ fn typed(s: String, whole: bool) -> Value {
     if let Ok(n) = s.parse::<i64>() {
         return Value::Number(n.into());
     }
-    if s.contains('.') {
-        if let Ok(n) = s.parse::<f64>() {
-            return Value::Number(n.into());
-        }
+    if s.contains('.')
+        && let Ok(n) = s.parse::<f64>()
+    {
+        return Value::Number(n.into());
     }
     match s.as_str() {
         "true" => Value::Bool(true),

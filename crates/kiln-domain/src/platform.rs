@@ -120,10 +120,11 @@ pub fn select(supported: &[Platform], os: &str, arch: &str, arm: Option<&str>) -
         return Ok(wanted);
     }
     // arch=arm without a version: take the highest one supported.
-    if arch == "arm" && arm.is_none() {
-        if let Some(p) = supported.iter().filter(|p| p.os == os && p.arch == "arm").max() {
-            return Ok(p.clone());
-        }
+    if arch == "arm"
+        && arm.is_none()
+        && let Some(p) = supported.iter().filter(|p| p.os == os && p.arch == "arm").max()
+    {
+        return Ok(p.clone());
     }
     Err(ValidationError::new(
         "arm",

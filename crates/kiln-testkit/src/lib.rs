@@ -1,1 +1,36 @@
-//! Test helpers: a database per test from a migrated template, spawned binaries, s3s-fs.
+//! Helpers for Kiln's tests, which run against real services started by
+//! `scripts/test`: a throwaway Postgres cluster (`KILN_TEST_DATABASE_URL`),
+//! the Docker engine and s3s-fs.
+//!
+//! - [`TestDb`]: a fresh database per test, copied from a template that is
+//!   migrated once per test run.
+//! - [`docker_available`]: whether Docker tests can run; when it cannot, it
+//!   prints a loud `SKIPPED` line so a skipped test never passes silently.
+
+mod db;
+pub mod s3;
+
+pub use db::TestDb;
+
+/// The repository's root directory.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root exists")
+}
+
+/// True when a Docker engine answers. When it does not, prints
+/// `SKIPPED: docker unavailable: <test>` to stdout and stderr so the test
+/// output says so loudly; the caller then returns early.
+pub fn docker_available(test: &str) -> bool {
+    let ok = std::process::Command::new("docker")
+        .arg("info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let line = format!("SKIPPED: docker unavailable: {test} did not run (`docker info` failed)");
+        println!("{line}");
+        eprintln!("{line}");
+    }
+    ok
+}

@@ -1,0 +1,158 @@
+//! Leases, rescue and hand-back: a worker whose lease is gone changes nothing.
+
+use kiln_domain::{AttemptOutcome, BuildState, WorkerState};
+use kiln_queue::{HandBack, QueueError, WorkerInfo};
+use kiln_testkit::TestDb;
+
+use crate::support::{lapse_all, settings, spec};
+
+fn is_lost<T: std::fmt::Debug>(r: Result<T, QueueError>) -> bool {
+    matches!(r, Err(QueueError::LeaseLost { .. }))
+}
+
+#[tokio::test]
+async fn a_rescued_worker_cannot_complete_fail_or_heartbeat_the_new_attempt() {
+    let db = TestDb::new().await.unwrap();
+    let queue = db.queue(settings());
+    let s = spec("fence", 1);
+    queue.enqueue(&s, 0).await.unwrap();
+    let old = queue.claim("old", &[]).await.unwrap().unwrap();
+
+    lapse_all(db.pool()).await;
+    // Lapsed but not yet rescued: already fenced out.
+    assert!(is_lost(queue.heartbeat(&old.lease).await));
+    let report = queue.rescue_lapsed().await.unwrap();
+    assert_eq!(report.requeued, vec![s.key().to_string()]);
+
+    let new = queue.claim("new", &[]).await.unwrap().unwrap();
+    assert_ne!(new.lease.attempt_id, old.lease.attempt_id);
+    assert!(is_lost(queue.heartbeat(&old.lease).await));
+    assert!(is_lost(queue.complete(&old.lease, &serde_json::json!({"from": "old"})).await));
+    assert!(is_lost(queue.fail_build(&old.lease, "old says failed").await));
+    assert!(is_lost(queue.fail_infra(&old.lease, "old says infra").await));
+    assert!(is_lost(queue.hand_back(&old.lease, HandBack::Preempted, "old").await));
+    assert!(is_lost(queue.append_log(&old.lease, "old output\n").await));
+    // Even the same worker id with the old token is refused.
+    let mut forged = old.lease.clone();
+    forged.worker_id = "new".into();
+    assert!(is_lost(queue.complete(&forged, &serde_json::json!({})).await));
+
+    queue.heartbeat(&new.lease).await.unwrap();
+    queue.append_log(&new.lease, "new output\n").await.unwrap();
+    queue.complete(&new.lease, &serde_json::json!({"from": "new"})).await.unwrap();
+    let b = queue.get(&s.key()).await.unwrap().unwrap();
+    assert_eq!(b.state, BuildState::Succeeded);
+    assert_eq!(b.artifact, Some(serde_json::json!({"from": "new"})));
+    assert_eq!(queue.log_text(&s.key()).await.unwrap(), "new output\n");
+    let outcomes: Vec<_> = queue.attempts(&s.key()).await.unwrap().into_iter().map(|a| a.outcome).collect();
+    assert_eq!(outcomes, vec![Some(AttemptOutcome::LeaseLapsed), Some(AttemptOutcome::Succeeded)]);
+}
+
+#[tokio::test]
+async fn rescue_requeues_lapsed_jobs_and_fails_those_out_of_attempts() {
+    let db = TestDb::new().await.unwrap();
+    let queue = db.queue(settings());
+    let s = spec("rescue", 1);
+    queue.enqueue(&s, 0).await.unwrap();
+    let healthy = queue.enqueue(&spec("rescue", 2), -1).await.unwrap().build.key;
+
+    for attempt in 1..=3 {
+        let claim = queue.claim(&format!("w{attempt}"), &[]).await.unwrap().unwrap();
+        assert_eq!(claim.lease.key, s.key());
+        assert_eq!(claim.attempts, attempt);
+        if attempt == 1 {
+            queue.append_log(&claim.lease, "first try\n").await.unwrap();
+        }
+        lapse_all(db.pool()).await;
+        let report = queue.rescue_lapsed().await.unwrap();
+        if attempt < 3 {
+            assert_eq!(report.requeued, vec![s.key().to_string()]);
+            assert_eq!(queue.get(&s.key()).await.unwrap().unwrap().state, BuildState::Queued);
+        } else {
+            assert_eq!(report.failed, vec![s.key().to_string()]);
+        }
+    }
+    let b = queue.get(&s.key()).await.unwrap().unwrap();
+    assert_eq!(b.state, BuildState::Failed);
+    let error = b.error.unwrap();
+    assert!(error.contains("lease lapsed on worker w3") && error.contains("3 attempts"), "{error}");
+    assert_eq!(queue.attempts(&s.key()).await.unwrap().len(), 3);
+    // A second pass finds nothing more to do; the other job was never touched.
+    assert_eq!(queue.rescue_lapsed().await.unwrap(), Default::default());
+    assert_eq!(queue.get(&healthy).await.unwrap().unwrap().state, BuildState::Queued);
+}
+
+#[tokio::test]
+async fn preemption_hand_back_keeps_the_attempt_count_and_is_claimable_at_once() {
+    let db = TestDb::new().await.unwrap();
+    let queue = db.queue(settings());
+    let s = spec("spot", 1);
+    queue.enqueue(&s, 0).await.unwrap();
+    let claim = queue.claim("spot-1", &[]).await.unwrap().unwrap();
+    assert_eq!(claim.attempts, 1);
+    queue.hand_back(&claim.lease, HandBack::Preempted, "instance preempted").await.unwrap();
+
+    let b = queue.get(&s.key()).await.unwrap().unwrap();
+    assert_eq!(b.state, BuildState::Queued);
+    assert_eq!(b.attempts, 0, "a preemption consumes no build attempt");
+    assert_eq!(b.preemptions, 1);
+    let again = queue.claim("spot-2", &[]).await.unwrap().expect("claimable at once");
+    assert_eq!(again.attempts, 1);
+    assert_eq!(again.attempt_no, 2);
+    let outcomes: Vec<_> = queue.attempts(&s.key()).await.unwrap().into_iter().map(|a| a.outcome).collect();
+    assert_eq!(outcomes, vec![Some(AttemptOutcome::Preempted), None]);
+}
+
+#[tokio::test]
+async fn preemptions_have_their_own_budget() {
+    let db = TestDb::new().await.unwrap();
+    let queue = db.queue(settings()); // max_preemptions = 5
+    let s = spec("bouncy", 1);
+    queue.enqueue(&s, 0).await.unwrap();
+    for _ in 0..6 {
+        let claim = queue.claim("spot", &[]).await.unwrap().unwrap();
+        queue.hand_back(&claim.lease, HandBack::Shutdown, "sigterm").await.unwrap();
+    }
+    let b = queue.get(&s.key()).await.unwrap().unwrap();
+    assert_eq!(b.state, BuildState::Failed, "a job cannot bounce forever");
+    assert!(b.error.unwrap().contains("handed back too many times"));
+}
+
+#[tokio::test]
+async fn a_lapse_on_a_preempted_worker_counts_as_a_preemption() {
+    let db = TestDb::new().await.unwrap();
+    let queue = db.queue(settings());
+    let info = WorkerInfo { id: "spot".into(), host: "h".into(), recipes: vec![], version: "t".into() };
+    queue.register_worker(&info).await.unwrap();
+    let s = spec("spot", 2);
+    queue.enqueue(&s, 0).await.unwrap();
+    queue.claim("spot", &[]).await.unwrap().unwrap();
+    queue.set_worker_state("spot", WorkerState::Preempted, Some("gce preempted")).await.unwrap();
+    lapse_all(db.pool()).await;
+    queue.rescue_lapsed().await.unwrap();
+    let b = queue.get(&s.key()).await.unwrap().unwrap();
+    assert_eq!((b.state, b.attempts, b.preemptions), (BuildState::Queued, 0, 1));
+    assert_eq!(queue.attempts(&s.key()).await.unwrap()[0].outcome, Some(AttemptOutcome::Preempted));
+}
+
+#[tokio::test]
+async fn silent_workers_are_marked_gone_and_their_jobs_rescued() {
+    let db = TestDb::new().await.unwrap();
+    let queue = db.queue(settings());
+    for id in ["alive", "silent"] {
+        let info = WorkerInfo { id: id.into(), host: "h".into(), recipes: vec![], version: "t".into() };
+        queue.register_worker(&info).await.unwrap();
+    }
+    let s = spec("w", 1);
+    queue.enqueue(&s, 0).await.unwrap();
+    queue.claim("silent", &[]).await.unwrap().unwrap();
+    sqlx::query("UPDATE workers SET last_seen_at = now() - interval '10 minutes' WHERE id = 'silent'")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let gone = queue.mark_silent_workers_gone(std::time::Duration::from_secs(60)).await.unwrap();
+    assert_eq!(gone, vec!["silent".to_string()]);
+    assert_eq!(queue.worker("silent").await.unwrap().unwrap().state, WorkerState::Gone);
+    assert_eq!(queue.worker("alive").await.unwrap().unwrap().state, WorkerState::Active);
+    assert_eq!(queue.rescue_lapsed().await.unwrap().requeued, vec![s.key().to_string()]);
+}

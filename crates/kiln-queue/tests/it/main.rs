@@ -1,0 +1,6 @@
+//! The queue against a real Postgres (started by scripts/test).
+
+mod claims;
+mod fencing;
+mod notify;
+mod support;
