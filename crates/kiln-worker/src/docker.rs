@@ -1,0 +1,359 @@
+//! Running one build step in a fresh, locked-down Docker container.
+//!
+//! Every container gets: the attempt's temporary directory at `/work` as its
+//! only bind mount (plus the recipe's named cache volume, if any); network
+//! `none` unless the step asks for it; all capabilities dropped;
+//! `no-new-privileges`; a read-only root filesystem with a tmpfs `/tmp`; a
+//! non-root user; memory (without swap), CPU and pid limits; and labels
+//! (`kiln.build`, `kiln.worker`) by which orphans are found. The step's
+//! output is forwarded as it arrives; a wall-clock timeout or a cancellation
+//! kills the container. The container is removed afterwards in every case,
+//! even when the future running it is dropped.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountTypeEnum};
+use bollard::query_parameters::{
+    AttachContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions, RemoveContainerOptions,
+    WaitContainerOptions,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use kiln_config::ContainerLimits;
+use kiln_domain::recipe::CacheVolume;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Label carrying the build key on every step container.
+pub const LABEL_BUILD: &str = "kiln.build";
+/// Label carrying the worker id on every step container.
+pub const LABEL_WORKER: &str = "kiln.worker";
+/// Label carrying the step name.
+pub const LABEL_STEP: &str = "kiln.step";
+
+/// The Docker daemon failed us: an infrastructure problem, worth a retry.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("docker: {0}")]
+    Api(#[from] bollard::errors::Error),
+    #[error("image {image} is not present and the recipe does not allow pulling it")]
+    ImageMissing { image: String },
+    #[error("docker: {0}")]
+    Other(String),
+}
+
+/// The image a build ran on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ImageInfo {
+    /// The image as the recipe names it.
+    pub name: String,
+    /// The local image id (`sha256:…`).
+    pub id: String,
+    /// The registry digests (`repo@sha256:…`), empty for locally built images.
+    pub repo_digests: Vec<String>,
+}
+
+/// Everything one container needs.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub image: String,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub network: bool,
+    pub timeout: Duration,
+    /// Host directory mounted at `/work`.
+    pub work_dir: PathBuf,
+    pub cache: Option<CacheVolume>,
+    pub limits: ContainerLimits,
+    pub labels: HashMap<String, String>,
+}
+
+/// How a step's container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The process exited with this code.
+    Code(i64),
+    /// The kernel killed it for exceeding the memory limit.
+    OutOfMemory,
+    /// The wall-clock timeout passed and it was killed.
+    TimedOut,
+    /// Stopped from outside (cancellation, preemption, shutdown).
+    Killed,
+}
+
+/// The result of one container run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepRun {
+    pub exit: Exit,
+    pub elapsed: Duration,
+}
+
+/// A connection to the Docker daemon.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    docker: Docker,
+}
+
+impl Engine {
+    /// Connect with the local defaults (`DOCKER_HOST` or the Unix socket) and
+    /// agree on an API version with the daemon.
+    pub async fn connect() -> Result<Engine, DockerError> {
+        let docker = Docker::connect_with_local_defaults()?.negotiate_version().await?;
+        docker.ping().await?;
+        Ok(Engine { docker })
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Make sure `image` is present: pull it when missing and `pull` is set.
+    pub async fn ensure_image(&self, image: &str, pull: bool) -> Result<ImageInfo, DockerError> {
+        match self.docker.inspect_image(image).await {
+            Ok(i) => return Ok(image_info(image, i)),
+            Err(e) if !is_not_found(&e) => return Err(e.into()),
+            Err(_) if !pull => return Err(DockerError::ImageMissing { image: image.to_owned() }),
+            Err(_) => {}
+        }
+        let opts = CreateImageOptions { from_image: Some(image.to_owned()), ..Default::default() };
+        let mut progress = self.docker.create_image(Some(opts), None, None);
+        while let Some(item) = progress.next().await {
+            item?;
+        }
+        Ok(image_info(image, self.docker.inspect_image(image).await?))
+    }
+
+    /// Run one container to its end, sending its output (stdout and stderr
+    /// interleaved as they come) to `output`. Returns when the process has
+    /// exited, the timeout passed, or `cancel` fired; the container is gone
+    /// by then.
+    pub async fn run(
+        &self,
+        spec: &ContainerSpec,
+        output: &mpsc::Sender<Bytes>,
+        cancel: &CancellationToken,
+    ) -> Result<StepRun, DockerError> {
+        let created = self
+            .docker
+            .create_container(None::<bollard::query_parameters::CreateContainerOptions>, container_body(spec))
+            .await?;
+        let guard = ContainerGuard { docker: self.docker.clone(), id: Some(created.id.clone()) };
+        let result = self.run_created(&created.id, spec, output, cancel).await;
+        guard.remove().await;
+        result
+    }
+
+    async fn run_created(
+        &self,
+        id: &str,
+        spec: &ContainerSpec,
+        output: &mpsc::Sender<Bytes>,
+        cancel: &CancellationToken,
+    ) -> Result<StepRun, DockerError> {
+        let attach =
+            AttachContainerOptions { stdout: true, stderr: true, stream: true, logs: true, ..Default::default() };
+        let mut attached = self.docker.attach_container(id, Some(attach)).await?;
+        let started = Instant::now();
+        self.docker.start_container(id, None::<bollard::query_parameters::StartContainerOptions>).await?;
+        let deadline = tokio::time::Instant::now() + spec.timeout;
+
+        // Forward output until the stream ends (the process exited) or we stop it.
+        let mut stopped: Option<Exit> = None;
+        loop {
+            tokio::select! {
+                item = attached.output.next() => match item {
+                    Some(Ok(chunk)) => {
+                        let bytes = match chunk {
+                            LogOutput::StdOut { message }
+                            | LogOutput::StdErr { message }
+                            | LogOutput::Console { message } => message,
+                            LogOutput::StdIn { .. } => continue,
+                        };
+                        // A gone receiver only means nobody records the log any more.
+                        let _ = output.send(bytes).await;
+                    }
+                    Some(Err(e)) => return Err(e.into()),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline), if stopped.is_none() => {
+                    self.kill(id).await?;
+                    stopped = Some(Exit::TimedOut);
+                }
+                _ = cancel.cancelled(), if stopped.is_none() => {
+                    self.kill(id).await?;
+                    stopped = Some(Exit::Killed);
+                }
+            }
+        }
+        let code = self.wait(id).await?;
+        let elapsed = started.elapsed();
+        if let Some(exit) = stopped {
+            return Ok(StepRun { exit, elapsed });
+        }
+        let state =
+            self.docker.inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>).await?.state;
+        let oom = state.and_then(|s| s.oom_killed).unwrap_or(false);
+        Ok(StepRun { exit: if oom { Exit::OutOfMemory } else { Exit::Code(code) }, elapsed })
+    }
+
+    async fn kill(&self, id: &str) -> Result<(), DockerError> {
+        match self.docker.kill_container(id, Some(KillContainerOptions { signal: "SIGKILL".into() })).await {
+            // 409: it is not running any more, which is what we wanted.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    async fn wait(&self, id: &str) -> Result<i64, DockerError> {
+        let mut waiting = self.docker.wait_container(id, None::<WaitContainerOptions>);
+        match waiting.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(DockerError::Other(format!("container {id}: wait ended without a status"))),
+        }
+    }
+
+    /// Kill and remove every container carrying `label=value`. Returns how many.
+    pub async fn remove_labelled(&self, label: &str, value: &str) -> Result<usize, DockerError> {
+        let found = self.list(&format!("{label}={value}")).await?;
+        self.remove_ids(&found.into_iter().filter_map(|c| c.id).collect::<Vec<_>>()).await
+    }
+
+    /// Containers carrying `label`, grouped by the value of `group`.
+    pub async fn labelled_by(&self, label: &str, group: &str) -> Result<HashMap<String, Vec<String>>, DockerError> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        for c in self.list(label).await? {
+            let value = c.labels.as_ref().and_then(|l| l.get(group)).cloned();
+            if let (Some(id), Some(value)) = (c.id, value) {
+                out.entry(value).or_default().push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Kill and remove these containers. Returns how many were removed.
+    pub async fn remove_ids(&self, ids: &[String]) -> Result<usize, DockerError> {
+        let mut removed = 0;
+        for id in ids {
+            let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+            match self.docker.remove_container(id, Some(opts)).await {
+                Ok(()) => removed += 1,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn list(&self, label_filter: &str) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
+        let filters = HashMap::from([("label".to_owned(), vec![label_filter.to_owned()])]);
+        let opts = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+        Ok(self.docker.list_containers(Some(opts)).await?)
+    }
+}
+
+/// Removes the container when dropped without [`ContainerGuard::remove`],
+/// e.g. when the task running the step is aborted.
+struct ContainerGuard {
+    docker: Docker,
+    id: Option<String>,
+}
+
+impl ContainerGuard {
+    async fn remove(mut self) {
+        if let Some(id) = self.id.take() {
+            remove_quietly(&self.docker, &id).await;
+        }
+    }
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let docker = self.docker.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { remove_quietly(&docker, &id).await });
+            }
+        }
+    }
+}
+
+async fn remove_quietly(docker: &Docker, id: &str) {
+    let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+    if let Err(e) = docker.remove_container(id, Some(opts)).await
+        && !is_not_found(&e)
+    {
+        tracing::warn!(container = id, error = %e, "could not remove a step container");
+    }
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+}
+
+fn image_info(name: &str, i: bollard::models::ImageInspect) -> ImageInfo {
+    ImageInfo { name: name.to_owned(), id: i.id.unwrap_or_default(), repo_digests: i.repo_digests.unwrap_or_default() }
+}
+
+/// The container definition: where the isolation is written down.
+fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let limits = &spec.limits;
+    let memory = i64::try_from(limits.memory_mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
+    let mut mounts = vec![Mount {
+        target: Some("/work".into()),
+        source: Some(spec.work_dir.display().to_string()),
+        typ: Some(MountTypeEnum::BIND),
+        read_only: Some(false),
+        ..Default::default()
+    }];
+    if let Some(cache) = &spec.cache {
+        mounts.push(Mount {
+            target: Some(cache.path.clone()),
+            source: Some(cache.name.clone()),
+            typ: Some(MountTypeEnum::VOLUME),
+            read_only: Some(false),
+            ..Default::default()
+        });
+    }
+    let host = HostConfig {
+        mounts: Some(mounts),
+        network_mode: Some(if spec.network { "bridge" } else { "none" }.into()),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        readonly_rootfs: Some(true),
+        tmpfs: Some(HashMap::from([(
+            "/tmp".to_owned(),
+            format!("rw,nosuid,nodev,size={}m,mode=1777", limits.tmpfs_mb),
+        )])),
+        memory: Some(memory),
+        // Equal to memory: no swap on top of the limit.
+        memory_swap: Some(memory),
+        nano_cpus: Some((limits.cpus * 1e9) as i64),
+        pids_limit: Some(limits.pids),
+        ipc_mode: Some("private".into()),
+        privileged: Some(false),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: Some(spec.argv.clone()),
+        // The argv is the whole command line: no image entrypoint (often a shell) in front.
+        entrypoint: Some(Vec::new()),
+        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        user: Some(limits.user.clone()),
+        working_dir: Some("/work".into()),
+        labels: Some(spec.labels.clone()),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(false),
+        open_stdin: Some(false),
+        network_disabled: Some(!spec.network),
+        host_config: Some(host),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,310 @@
+//! The worker loop: register, claim, run, stop cleanly.
+//!
+//! [`Worker::start`] connects to Postgres (refusing an unmigrated database),
+//! Docker and the object store, loads the signing key, removes orphan
+//! containers, and registers the worker. [`Worker::run`] then claims up to
+//! `worker.concurrency` jobs, sleeping on `NOTIFY kiln_jobs` when idle (with
+//! a `worker.poll_secs` poll as the fallback), and keeps its row fresh.
+//!
+//! Stopping:
+//! - `shutdown` (SIGTERM): stop claiming, let running jobs finish within
+//!   `worker.shutdown_grace_secs`, then kill and hand back the rest; exit.
+//! - preemption (the configured detector fires): stop claiming, kill every
+//!   container, hand every job back without consuming an attempt, mark the
+//!   worker `preempted`; exit.
+//! - `once`: after the first claimed job has ended.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_artifact::{ArtifactError, Signer};
+use kiln_config::Config;
+use kiln_domain::WorkerState;
+use kiln_queue::{Notifier, Queue, QueueError, QueueSettings, WorkerInfo, channels};
+use kiln_storage::{Storage, StorageError};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::docker::{DockerError, Engine, LABEL_BUILD, LABEL_WORKER};
+use crate::job::{self, JobContext, JobControl, JobEnd, StopReason};
+use crate::preempt::{self, Detector};
+
+/// The worker could not start, or lost something it cannot do without.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("database: {0}")]
+    Queue(#[from] QueueError),
+    #[error("{0} (is the Docker daemon running and reachable?)")]
+    Docker(#[from] DockerError),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("signing key: {0}")]
+    Signing(#[from] ArtifactError),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Options of one run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Run one job, then exit.
+    pub once: bool,
+}
+
+/// Why [`Worker::run`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Shut down on request.
+    Stopped,
+    /// The machine is being preempted; every job was handed back.
+    Preempted(String),
+    /// `--once`: the job ended like this.
+    Once(JobEnd),
+}
+
+/// A started worker.
+#[derive(Debug)]
+pub struct Worker {
+    ctx: JobContext,
+    recipes: Vec<String>,
+}
+
+/// `<hostname>-<pid>`.
+pub fn default_worker_id(host: &str) -> String {
+    format!("{host}-{}", std::process::id())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into())
+}
+
+impl Worker {
+    /// Connect to everything, clean up after a previous life, register.
+    pub async fn start(config: Config) -> Result<Worker, WorkerError> {
+        let host = hostname();
+        let worker_id =
+            config.worker.id.clone().filter(|id| !id.trim().is_empty()).unwrap_or_else(|| default_worker_id(&host));
+        if worker_id.len() > 200 || worker_id.chars().any(|c| c.is_control()) {
+            return Err(WorkerError::Config("worker.id: at most 200 printable characters".into()));
+        }
+        let recipes = served_recipes(&config)?;
+
+        let queue = Queue::connect(
+            config.database.url.expose(),
+            config.database.max_connections,
+            QueueSettings::from(&config.queue),
+            "kiln-worker",
+        )
+        .await?;
+        let engine = Engine::connect().await?;
+        let storage = Storage::from_config(&config.storage)?;
+        let signer = Arc::new(Signer::load(&config.signing.secret_key)?);
+        std::fs::create_dir_all(&config.worker.work_dir)
+            .map_err(|e| WorkerError::Config(format!("worker.work_dir {}: {e}", config.worker.work_dir.display())))?;
+
+        let ctx = JobContext { worker_id, host, config: Arc::new(config), queue, storage, signer, engine };
+        remove_orphans(&ctx).await?;
+        ctx.queue
+            .register_worker(&WorkerInfo {
+                id: ctx.worker_id.clone(),
+                host: ctx.host.clone(),
+                recipes: recipes.clone(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .await?;
+        tracing::info!(worker = %ctx.worker_id, recipes = ?recipes, "worker registered");
+        Ok(Worker { ctx, recipes })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.ctx.worker_id
+    }
+
+    /// Claim and run jobs until `shutdown` fires, preemption is detected, or
+    /// (with `once`) one job has ended. `hurry` cuts the shutdown grace short.
+    pub async fn run(
+        self,
+        options: RunOptions,
+        shutdown: CancellationToken,
+        hurry: CancellationToken,
+    ) -> Result<Exit, WorkerError> {
+        let ctx = Arc::new(self.ctx);
+        let wc = &ctx.config.worker;
+        let concurrency = wc.concurrency.max(1) as usize;
+        let poll = Duration::from_secs(wc.poll_secs.max(1));
+        let grace = Duration::from_secs(wc.shutdown_grace_secs);
+
+        let notifier = Notifier::start(ctx.queue.pool().clone(), &[channels::JOBS]);
+        let mut wake = notifier.subscribe();
+        let preempted = CancellationToken::new();
+        let stop_watch = CancellationToken::new();
+        let watcher = tokio::spawn(preempt::watch(
+            Detector::from_config(&wc.preemption),
+            Duration::from_secs(wc.preemption.poll_secs.max(1)),
+            preempted.clone(),
+            stop_watch.clone(),
+        ));
+        let _stop_watch = stop_watch.drop_guard();
+
+        let mut jobs: JoinSet<JobEnd> = JoinSet::new();
+        let mut controls: HashMap<tokio::task::Id, Arc<JobControl>> = HashMap::new();
+        let mut claimed = 0usize;
+        let mut last_end: Option<JobEnd> = None;
+        let mut draining = false;
+        let mut grace_ends: Option<tokio::time::Instant> = None;
+        let mut seen = tokio::time::interval(Duration::from_secs(wc.heartbeat_secs.max(1)));
+
+        loop {
+            // Claim while there is room.
+            let may_claim = !(draining || preempted.is_cancelled());
+            while may_claim && jobs.len() < concurrency && !(options.once && claimed > 0) {
+                match ctx.queue.claim(&ctx.worker_id, &self.recipes).await {
+                    Ok(Some(claim)) => {
+                        claimed += 1;
+                        tracing::info!(build = %claim.lease.key, attempt = claim.attempt_no, recipe = %claim.spec.recipe, "claimed");
+                        let control = Arc::new(JobControl::default());
+                        let (c, k) = (ctx.clone(), control.clone());
+                        let handle = jobs.spawn(async move { job::run(&c, claim, k).await });
+                        controls.insert(handle.id(), control);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claiming failed; retrying later");
+                        break;
+                    }
+                }
+            }
+            if jobs.is_empty() {
+                if options.once && claimed > 0 {
+                    break;
+                }
+                if draining {
+                    break;
+                }
+            }
+
+            tokio::select! {
+                biased;
+                _ = preempted.cancelled() => {
+                    let why = watcher.await.ok().flatten().unwrap_or_else(|| "preempted".into());
+                    tracing::warn!(jobs = jobs.len(), %why, "preempted: handing every job back");
+                    for control in controls.values() {
+                        control.stop(StopReason::Preempted);
+                    }
+                    while let Some(done) = jobs.join_next().await {
+                        log_join(done);
+                    }
+                    set_state(&ctx, WorkerState::Preempted, &why).await;
+                    return Ok(Exit::Preempted(why));
+                }
+                Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
+                    match done {
+                        Ok((id, end)) => {
+                            controls.remove(&id);
+                            last_end = Some(end);
+                        }
+                        Err(e) => {
+                            controls.remove(&e.id());
+                            tracing::error!(error = %e, "a job task failed; its lease will lapse and be rescued");
+                            last_end = Some(JobEnd::Errored(e.to_string()));
+                        }
+                    }
+                }
+                _ = shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    tracing::info!(jobs = jobs.len(), grace_secs = grace.as_secs(), "shutting down: no new jobs");
+                    set_state(&ctx, WorkerState::Draining, "shutting down").await;
+                    grace_ends = Some(tokio::time::Instant::now() + grace);
+                }
+                _ = wait_until(grace_ends), if grace_ends.is_some() => {
+                    hand_back_all(&controls);
+                    grace_ends = None;
+                }
+                _ = hurry.cancelled(), if draining && grace_ends.is_some() => {
+                    hand_back_all(&controls);
+                    grace_ends = None;
+                }
+                _ = seen.tick() => {
+                    if let Err(e) = ctx.queue.worker_seen(&ctx.worker_id).await {
+                        tracing::warn!(error = %e, "could not record that this worker is alive");
+                    }
+                }
+                _ = wake.recv() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+
+        set_state(&ctx, WorkerState::Stopped, "stopped").await;
+        Ok(if options.once { Exit::Once(last_end.unwrap_or(JobEnd::LeaseLost)) } else { Exit::Stopped })
+    }
+}
+
+fn hand_back_all(controls: &HashMap<tokio::task::Id, Arc<JobControl>>) {
+    if !controls.is_empty() {
+        tracing::warn!(jobs = controls.len(), "shutdown grace is over: handing the remaining jobs back");
+    }
+    for control in controls.values() {
+        control.stop(StopReason::Shutdown);
+    }
+}
+
+async fn wait_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn log_join(done: Result<JobEnd, tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!(error = %e, "a job task failed");
+    }
+}
+
+async fn set_state(ctx: &JobContext, state: WorkerState, note: &str) {
+    if let Err(e) = ctx.queue.set_worker_state(&ctx.worker_id, state, Some(note)).await {
+        tracing::warn!(error = %e, %state, "could not record the worker's state");
+    }
+}
+
+/// The recipes this worker claims: `worker.recipes`, or every configured one.
+fn served_recipes(config: &Config) -> Result<Vec<String>, WorkerError> {
+    if config.worker.recipes.is_empty() {
+        return Ok(config.recipes.keys().cloned().collect());
+    }
+    let known: BTreeSet<&String> = config.recipes.keys().collect();
+    for r in &config.worker.recipes {
+        if !known.contains(r) {
+            return Err(WorkerError::Config(format!("worker.recipes: {r:?} is not a recipe in this configuration")));
+        }
+    }
+    Ok(config.worker.recipes.clone())
+}
+
+/// Remove step containers no live job owns: this worker's own (left by a
+/// crash of a previous process with the same id) and those of workers this
+/// database knows to be stopped, preempted or gone. Containers of workers it
+/// does not know are left alone: they may belong to another installation
+/// sharing the Docker daemon.
+async fn remove_orphans(ctx: &JobContext) -> Result<(), WorkerError> {
+    let own = ctx.engine.remove_labelled(LABEL_WORKER, &ctx.worker_id).await?;
+    let mut others = 0;
+    for (worker, ids) in ctx.engine.labelled_by(LABEL_BUILD, LABEL_WORKER).await? {
+        let dead = match ctx.queue.worker(&worker).await? {
+            Some(row) => !matches!(row.state, WorkerState::Active | WorkerState::Draining),
+            None => false,
+        };
+        if dead && worker != ctx.worker_id {
+            others += ctx.engine.remove_ids(&ids).await?;
+        }
+    }
+    if own + others > 0 {
+        tracing::warn!(own, others, "removed orphan step containers");
+    }
+    Ok(())
+}
