@@ -10,6 +10,9 @@
 //! - [`Notifier`] keeps one `LISTEN` connection per process and fans
 //!   notifications out to any number of subscribers, reconnecting when the
 //!   connection drops.
+//! - [`Leadership`] lets one of several janitors act at a time (a
+//!   session-level advisory lock on a dedicated connection); the janitor's
+//!   statements (expiry, pruning, run records) sit in `queue.rs` too.
 //!
 //! Fencing: a claim creates an attempt row whose id is the lease's token.
 //! Every later write by the worker names that token and only succeeds while
@@ -26,4 +29,4 @@ pub use error::QueueError;
 pub use listener::{Notification, Notifier, channels};
 pub use migrate::{SCHEMA_VERSION, migrate};
 pub use model::*;
-pub use queue::Queue;
+pub use queue::{Leadership, Queue};

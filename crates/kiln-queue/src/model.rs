@@ -237,3 +237,54 @@ pub struct StateCounts {
     pub failed: i64,
     pub cancelled: i64,
 }
+
+// ---- Maintenance (the janitor) ---------------------------------------------------
+
+/// How long finished builds are kept, for [`crate::Queue::expirable`].
+#[derive(Debug, Clone, Default)]
+pub struct ExpiryPolicy {
+    /// Artifacts of succeeded builds live this long after success…
+    pub artifact_ttl: Duration,
+    /// …unless their recipe says otherwise (`recipes.<name>.artifact_ttl_secs`).
+    pub recipe_artifact_ttls: Vec<(String, Duration)>,
+    /// Failed and cancelled builds are removed this long after they ended
+    /// (the queue's failure TTL: after it, the same request builds afresh anyway).
+    pub failure_ttl: Duration,
+}
+
+/// A finished build past its lifetime: its stored objects and its row may go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expirable {
+    pub key: BuildKey,
+    pub state: BuildState,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// What [`crate::Queue::remove_expired`] did with one build.
+#[derive(Debug)]
+pub enum Removal<E> {
+    /// The objects were deleted, then the row (attempts and events cascade).
+    Removed,
+    /// The row changed or another janitor holds it: nothing done.
+    Skipped,
+    /// Deleting the objects failed: the row stays and is tried again later.
+    Kept(E),
+}
+
+/// The last run of one janitor task, as `/metrics` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JanitorRun {
+    pub task: String,
+    pub janitor_id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub elapsed_ms: i64,
+    pub ok: bool,
+    pub error: Option<String>,
+    /// What the last run changed, by name.
+    pub counts: serde_json::Map<String, serde_json::Value>,
+    /// The same counts summed over every run.
+    pub totals: serde_json::Map<String, serde_json::Value>,
+    pub runs: i64,
+    pub failures: i64,
+}

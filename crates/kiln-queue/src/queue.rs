@@ -656,6 +656,343 @@ impl Queue {
         }
         Ok(recipes.iter().map(|(_, n)| n).sum())
     }
+
+    /// Queued builds still waiting out a retry backoff (claimable later).
+    pub async fn backing_off(&self) -> Result<i64, QueueError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM builds WHERE state = 'queued' AND run_at > now()")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Finished builds past their lifetime under `policy`, oldest first, at
+    /// most `limit`: succeeded builds past their recipe's artifact TTL (or
+    /// the default), failed and cancelled ones past the failure TTL. Walks
+    /// the `builds_finished` index.
+    pub async fn expirable(&self, policy: &ExpiryPolicy, limit: i64) -> Result<Vec<Expirable>, QueueError> {
+        let (recipes, ttls): (Vec<&str>, Vec<f64>) =
+            policy.recipe_artifact_ttls.iter().map(|(r, ttl)| (r.as_str(), secs(*ttl))).unzip();
+        let rows = sqlx::query(
+            "WITH ttl (recipe, secs) AS (SELECT * FROM unnest($1::text[], $2::float8[]))
+             SELECT b.key, b.state::text AS state, coalesce(b.finished_at, b.updated_at) AS finished_at
+             FROM builds b LEFT JOIN ttl t ON t.recipe = b.recipe
+             WHERE (b.state = 'succeeded'
+                    AND coalesce(b.finished_at, b.updated_at) < now() - make_interval(secs => coalesce(t.secs, $3)))
+                OR (b.state IN ('failed', 'cancelled')
+                    AND coalesce(b.finished_at, b.updated_at) < now() - make_interval(secs => $4))
+             ORDER BY 3, 1
+             LIMIT $5",
+        )
+        .bind(&recipes)
+        .bind(&ttls)
+        .bind(secs(policy.artifact_ttl))
+        .bind(secs(policy.failure_ttl))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let key: String = r.try_get("key")?;
+                let corrupt = |message: String| QueueError::Corrupt { key: key.clone(), message };
+                let state: String = r.try_get("state")?;
+                Ok(Expirable {
+                    key: BuildKey::parse(&key).map_err(|e| corrupt(e.to_string()))?,
+                    state: state.parse().map_err(corrupt)?,
+                    finished_at: r.try_get("finished_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Remove an expired build: its row is deleted in a transaction that
+    /// commits only once `delete_objects` (the build's objects in storage)
+    /// succeeded. While it runs the row is locked, so an identical request
+    /// arriving meanwhile waits and then queues a fresh build instead of
+    /// pointing at objects that are going away; if it fails the transaction
+    /// rolls back and the row stays, to be tried again. A row that changed
+    /// since it was listed, or that another janitor holds, is skipped.
+    pub async fn remove_expired<F, Fut, E>(
+        &self,
+        build: &Expirable,
+        delete_objects: F,
+    ) -> Result<Removal<E>, QueueError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+    {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query(
+            "DELETE FROM builds WHERE key = (
+                 SELECT key FROM builds
+                 WHERE key = $1 AND state = $2::build_state AND coalesce(finished_at, updated_at) = $3
+                 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(build.key.as_str())
+        .bind(build.state.as_str())
+        .bind(build.finished_at)
+        .execute(&mut *tx)
+        .await?;
+        if deleted.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(Removal::Skipped);
+        }
+        match delete_objects().await {
+            Ok(()) => {
+                tx.commit().await?;
+                Ok(Removal::Removed)
+            }
+            Err(e) => {
+                tx.rollback().await?;
+                Ok(Removal::Kept(e))
+            }
+        }
+    }
+
+    /// Finished builds that ended before `age` ago and still hold live log
+    /// chunks, oldest first, after `after` (keyset paging), at most `limit`.
+    /// Returns each key with its end time, the next page's `after`.
+    pub async fn builds_with_old_logs(
+        &self,
+        age: Duration,
+        after: Option<(DateTime<Utc>, BuildKey)>,
+        limit: i64,
+    ) -> Result<Vec<(DateTime<Utc>, BuildKey)>, QueueError> {
+        let (after_at, after_key) = match &after {
+            Some((at, key)) => (Some(*at), Some(key.as_str())),
+            None => (None, None),
+        };
+        let rows: Vec<(DateTime<Utc>, String)> = sqlx::query_as(
+            "SELECT b.finished_at, b.key FROM builds b
+             WHERE b.state IN ('succeeded', 'failed', 'cancelled')
+               AND b.finished_at < now() - make_interval(secs => $1)
+               AND ($2::timestamptz IS NULL OR (b.finished_at, b.key) > ($2, $3))
+               AND EXISTS (SELECT 1 FROM build_events e WHERE e.build_key = b.key AND e.kind = 'log')
+             ORDER BY b.finished_at, b.key
+             LIMIT $4",
+        )
+        .bind(secs(age))
+        .bind(after_at)
+        .bind(after_key)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(at, key)| {
+                let parsed = BuildKey::parse(&key)
+                    .map_err(|e| QueueError::Corrupt { key: key.clone(), message: e.to_string() })?;
+                Ok((at, parsed))
+            })
+            .collect()
+    }
+
+    /// Delete the live log chunks (events of kind `log`) of `keys`, for
+    /// builds whose log the caller found in storage. Only builds that are
+    /// still finished are touched. Returns the number of chunks deleted.
+    pub async fn prune_logs(&self, keys: &[BuildKey]) -> Result<u64, QueueError> {
+        let keys: Vec<&str> = keys.iter().map(BuildKey::as_str).collect();
+        let done = sqlx::query(
+            "DELETE FROM build_events e USING builds b
+             WHERE e.build_key = b.key AND b.key = ANY($1) AND e.kind = 'log'
+               AND b.state IN ('succeeded', 'failed', 'cancelled')",
+        )
+        .bind(&keys)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Delete attempt rows that ended before `age` ago, of builds that
+    /// finished before then (the build row keeps its attempt count).
+    pub async fn prune_attempts(&self, age: Duration) -> Result<u64, QueueError> {
+        let done = sqlx::query(
+            "DELETE FROM build_attempts a USING builds b
+             WHERE a.build_key = b.key AND b.state IN ('succeeded', 'failed', 'cancelled')
+               AND b.finished_at < now() - make_interval(secs => $1)
+               AND a.ended_at < now() - make_interval(secs => $1)",
+        )
+        .bind(secs(age))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Delete rows of workers that left (gone, stopped, preempted) and were
+    /// last seen before `age` ago, unless a running build still names them.
+    pub async fn prune_workers(&self, age: Duration) -> Result<u64, QueueError> {
+        let done = sqlx::query(
+            "DELETE FROM workers w
+             WHERE w.state IN ('gone', 'stopped', 'preempted')
+               AND w.last_seen_at < now() - make_interval(secs => $1)
+               AND NOT EXISTS (SELECT 1 FROM builds b WHERE b.state = 'running' AND b.lease_holder = w.id)",
+        )
+        .bind(secs(age))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Record one run of a janitor task for `/metrics`: its row is replaced
+    /// by this run's facts, and `counts` (numbers by name) are added to the
+    /// task's running totals.
+    pub async fn record_janitor_run(
+        &self,
+        task: &str,
+        janitor_id: &str,
+        started_at: DateTime<Utc>,
+        elapsed_ms: i64,
+        error: Option<&str>,
+        counts: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), QueueError> {
+        sqlx::query(
+            "INSERT INTO janitor_runs AS r
+                 (task, janitor_id, started_at, finished_at, elapsed_ms, ok, error, counts, totals, runs, failures)
+             VALUES ($1, $2, $3, now(), $4, $5 IS NULL, $5, $6, $6, 1, CASE WHEN $5 IS NULL THEN 0 ELSE 1 END)
+             ON CONFLICT (task) DO UPDATE SET
+                 janitor_id = EXCLUDED.janitor_id, started_at = EXCLUDED.started_at,
+                 finished_at = EXCLUDED.finished_at, elapsed_ms = EXCLUDED.elapsed_ms, ok = EXCLUDED.ok,
+                 error = EXCLUDED.error, counts = EXCLUDED.counts,
+                 totals = (SELECT coalesce(jsonb_object_agg(k, coalesce((r.totals ->> k)::numeric, 0)
+                                                             + coalesce((EXCLUDED.counts ->> k)::numeric, 0)),
+                                           '{}')
+                           FROM jsonb_object_keys(r.totals || EXCLUDED.counts) AS k),
+                 runs = r.runs + 1, failures = r.failures + EXCLUDED.failures",
+        )
+        .bind(task)
+        .bind(janitor_id)
+        .bind(started_at)
+        .bind(elapsed_ms)
+        .bind(error)
+        .bind(serde_json::Value::Object(counts.clone()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The last run of every janitor task, by task name.
+    pub async fn janitor_runs(&self) -> Result<Vec<JanitorRun>, QueueError> {
+        let rows = sqlx::query(
+            "SELECT task, janitor_id, started_at, finished_at, elapsed_ms, ok, error, counts, totals, runs, failures
+             FROM janitor_runs ORDER BY task",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let object = |v: serde_json::Value| match v {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(JanitorRun {
+                    task: r.try_get("task")?,
+                    janitor_id: r.try_get("janitor_id")?,
+                    started_at: r.try_get("started_at")?,
+                    finished_at: r.try_get("finished_at")?,
+                    elapsed_ms: r.try_get("elapsed_ms")?,
+                    ok: r.try_get("ok")?,
+                    error: r.try_get("error")?,
+                    counts: object(r.try_get("counts")?),
+                    totals: object(r.try_get("totals")?),
+                    runs: r.try_get("runs")?,
+                    failures: r.try_get("failures")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The janitors' leader lock for the janitor `holder` (see [`Leadership`]).
+    pub fn leadership(&self, holder: &str) -> Leadership {
+        let options = (*self.pool.connect_options()).clone().application_name(&format!("kiln-janitor-leader {holder}"));
+        Leadership { options, conn: None, leader: false }
+    }
+}
+
+/// The advisory lock that makes one janitor the leader ("kilnjani").
+const JANITOR_LEADER_LOCK: i64 = 0x6b696c6e_6a616e69;
+
+/// Limit on each statement of the leader lock's connection, so a dead
+/// network cannot hold a schedule tick.
+const LEADER_STATEMENT_LIMIT: Duration = Duration::from_secs(10);
+
+/// Leadership among janitors: a Postgres session-level advisory lock held on
+/// a dedicated connection for as long as this process leads. When the
+/// process or its connection dies, Postgres ends the session and releases
+/// the lock; a standby that calls [`Leadership::check`] on its next tick
+/// takes it. TCP keepalives on the session make the server notice a dead
+/// peer within about half a minute even when no packet says so.
+#[derive(Debug)]
+pub struct Leadership {
+    options: PgConnectOptions,
+    conn: Option<sqlx::PgConnection>,
+    leader: bool,
+}
+
+impl Leadership {
+    /// Are we the leader now? A leader checks its connection is alive (the
+    /// lock lives exactly as long as it); a standby, or a leader whose
+    /// connection died, tries to take the lock. Errors mean "not leader".
+    pub async fn check(&mut self) -> Result<bool, QueueError> {
+        if self.leader {
+            match self.on_conn("SELECT true").await {
+                Ok(_) => return Ok(true),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the leader lock's connection died: the lock is gone");
+                    self.conn = None;
+                    self.leader = false;
+                }
+            }
+        }
+        if self.conn.is_none() {
+            use sqlx::Connection as _;
+            let mut conn =
+                tokio::time::timeout(LEADER_STATEMENT_LIMIT, sqlx::PgConnection::connect_with(&self.options))
+                    .await
+                    .map_err(|_| timed_out("connecting for the leader lock"))??;
+            sqlx::raw_sql(
+                "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3",
+            )
+            .execute(&mut conn)
+            .await?;
+            self.conn = Some(conn);
+        }
+        let sql = format!("SELECT pg_try_advisory_lock({JANITOR_LEADER_LOCK})");
+        match self.on_conn(&sql).await {
+            Ok(got) => {
+                self.leader = got;
+                Ok(got)
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the last [`check`](Self::check) found us leading.
+    pub fn is_leader(&self) -> bool {
+        self.leader
+    }
+
+    /// Step down: close the connection, which releases the lock at once.
+    pub async fn release(&mut self) {
+        use sqlx::Connection as _;
+        self.leader = false;
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close().await;
+        }
+    }
+
+    /// Run a one-boolean statement on the lock's connection, within the limit.
+    async fn on_conn(&mut self, sql: &str) -> Result<bool, QueueError> {
+        let Some(conn) = self.conn.as_mut() else { return Err(QueueError::Database(sqlx::Error::PoolClosed)) };
+        match tokio::time::timeout(LEADER_STATEMENT_LIMIT, sqlx::query_scalar(sql).fetch_one(&mut *conn)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(timed_out("a statement on the leader lock's connection")),
+        }
+    }
+}
+
+fn timed_out(what: &str) -> QueueError {
+    let message = format!("{what} took longer than {} s", LEADER_STATEMENT_LIMIT.as_secs());
+    QueueError::Database(sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, message)))
 }
 
 fn lost(lease: &Lease) -> QueueError {

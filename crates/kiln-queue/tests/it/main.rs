@@ -2,5 +2,6 @@
 
 mod claims;
 mod fencing;
+mod maintenance;
 mod notify;
 mod support;
