@@ -1,0 +1,85 @@
+//! `kiln verify ARTIFACT SIGNATURE [--key PUB]`: check a minisign signature.
+//!
+//! Exit 0 when the signature is good, 1 when it is not (altered artifact,
+//! another key, malformed signature), 2 when the check could not run.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use kiln_artifact::{ArtifactError, PublicKey};
+
+use super::EXIT_FAILED;
+use crate::server::Server;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The artifact file.
+    artifact: PathBuf,
+    /// Its `.minisig` signature file.
+    signature: PathBuf,
+    /// The public key: a key file's path or the base64 key itself. Without
+    /// it, the key is fetched from the server's /api/signing-key.
+    #[arg(long, value_name = "PUB")]
+    key: Option<String>,
+}
+
+pub async fn run(args: Args, server: impl FnOnce() -> anyhow::Result<Server>) -> anyhow::Result<ExitCode> {
+    let key = match &args.key {
+        Some(k) => key_from_arg(k)?,
+        None => fetch_key(&server()?).await?,
+    };
+    let signature = std::fs::read_to_string(&args.signature)
+        .with_context(|| format!("reading the signature {}", args.signature.display()))?;
+    let open = || {
+        std::fs::File::open(&args.artifact).with_context(|| format!("reading the artifact {}", args.artifact.display()))
+    };
+
+    match kiln_artifact::verify(&key, std::io::BufReader::new(open()?), &signature) {
+        Ok(good) => {
+            println!("Signature and comment signature verified");
+            println!("Trusted comment: {}", good.trusted_comment);
+            if let Some(build) = kiln_artifact::parse_build_comment(&good.trusted_comment) {
+                // The signature covers the comment; the digest in it must be the file's.
+                let (sha256, _) = kiln_artifact::sha256_reader(open()?)?;
+                if sha256 != build.sha256 {
+                    eprintln!("kiln: {}: SHA-256 {sha256} is not the signed {}", args.artifact.display(), build.sha256);
+                    return Ok(ExitCode::from(EXIT_FAILED));
+                }
+                println!("Build {} (sha256:{sha256}), key {}", build.key, good.key_id);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ArtifactError::BadSignature(why)) => {
+            eprintln!(
+                "kiln: bad signature: {why}\nkiln: {} was altered, or {} was not made for it by key {}",
+                args.artifact.display(),
+                args.signature.display(),
+                key.key_id()
+            );
+            Ok(ExitCode::from(EXIT_FAILED))
+        }
+        Err(e) => Err(e).with_context(|| format!("verifying {}", args.artifact.display())),
+    }
+}
+
+/// `--key`: the base64 key itself, else the path of a key file.
+fn key_from_arg(arg: &str) -> anyhow::Result<PublicKey> {
+    if let Ok(key) = PublicKey::parse(arg) {
+        return Ok(key);
+    }
+    let path = Path::new(arg);
+    if !path.exists() {
+        anyhow::bail!("--key {arg:?} is neither a minisign public key nor an existing file");
+    }
+    PublicKey::from_file(path).context("--key")
+}
+
+async fn fetch_key(server: &Server) -> anyhow::Result<PublicKey> {
+    let text = server
+        .get_text("api/signing-key")
+        .await
+        .context("fetching the signing key (pass --key PATH, or --server / KILN_SERVER for another server)")?;
+    let url = server.url("api/signing-key")?;
+    PublicKey::parse(&text).with_context(|| format!("{url} did not serve a minisign public key"))
+}
