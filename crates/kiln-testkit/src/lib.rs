@@ -4,10 +4,13 @@
 //!
 //! - [`TestDb`]: a fresh database per test, copied from a template that is
 //!   migrated once per test run.
+//! - [`farm::Farm`]: real `kiln-api`, `kiln-worker` and `kiln-janitor`
+//!   processes over `config.test.yml`, a fresh database and data directory.
 //! - [`docker_available`]: whether Docker tests can run; when it cannot, it
 //!   prints a loud `SKIPPED` line so a skipped test never passes silently.
 
 mod db;
+pub mod farm;
 pub mod s3;
 
 pub use db::TestDb;
