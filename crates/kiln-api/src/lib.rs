@@ -1,1 +1,96 @@
 //! The HTTP API and download page.
+//!
+//! [`app`] builds the router over an [`AppState`] (so tests drive it with
+//! `tower::ServiceExt::oneshot`, no socket); [`run`] serves it on a listener
+//! until a shutdown signal, then lets open requests finish for a short grace.
+//! The binary (`src/main.rs`) only loads the configuration, connects and
+//! calls [`run`].
+//!
+//! Map of the crate:
+//! - [`routes`]: the handlers (`builds`, `compat`, `live` logs and events, `ops`);
+//! - [`resolve`]: "latest" to absolute versions (static lists, Go module proxy);
+//! - [`wait`]: waiting on Postgres `NOTIFY` for a build to change;
+//! - [`serve`]: objects from storage with `Range`, `ETag`, presigned `303`s;
+//! - [`query`]: raw query strings (repeated keys, non-UTF-8 refused);
+//! - [`error`]: the one error type and its Caddy-compatible JSON;
+//! - [`state`], [`middleware`], [`metrics`], [`views`].
+
+pub mod error;
+pub mod metrics;
+pub mod middleware;
+pub mod query;
+pub mod resolve;
+pub mod routes;
+pub mod serve;
+pub mod state;
+pub mod views;
+pub mod wait;
+
+use std::future::{Future, IntoFuture};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+pub use error::ApiError;
+pub use state::AppState;
+
+use routes::{builds, compat, live, ops};
+
+/// How long open requests may go on after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The API's router. No server-wide timeout: compat requests wait for
+/// builds and downloads may be slow; each wait has its own limit.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config().api.max_body_bytes;
+    Router::new()
+        .route("/", get(ops::index))
+        .route("/api/builds", post(builds::create))
+        .route("/api/builds/{key}", get(builds::get).delete(builds::cancel))
+        .route("/api/builds/{key}/retry", post(builds::retry))
+        .route("/api/builds/{key}/log", get(live::log))
+        .route("/api/builds/{key}/events", get(live::events))
+        .route("/api/builds/{key}/artifact", get(builds::artifact))
+        .route("/api/builds/{key}/artifact.minisig", get(builds::signature))
+        .route("/api/builds/{key}/binary", get(builds::binary))
+        .route("/api/builds/{key}/build.json", get(builds::manifest))
+        .route("/api/compat", get(compat::compat))
+        .route("/api/recipes", get(ops::recipes))
+        .route("/api/signing-key", get(ops::signing_key))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::per_request))
+        .with_state(state)
+}
+
+/// Serve [`app`] on `listener` until `shutdown` resolves; then stop
+/// accepting, and give open requests [`SHUTDOWN_GRACE`] to finish.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections");
+        let _ = tx.send(true);
+    };
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(signal).into_future();
+    tokio::pin!(server);
+    let mut rx = rx;
+    tokio::select! {
+        res = &mut server => res,
+        _ = async { let _ = rx.wait_for(|s| *s).await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::warn!("grace period over; dropping open requests");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! `/api/builds`: submit, read (and long-poll), cancel, retry, and the
+//! stored objects of a build.
+
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequestParts, RawQuery, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kiln_domain::{BuildKey, BuildRequest, BuildSpec, BuildState};
+use kiln_queue::{Build, priority};
+use kiln_storage::ObjectName;
+use subtle::ConstantTimeEq;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::query::RawQuery as Query;
+use crate::serve::{self, Extra};
+use crate::views::BuildView;
+use crate::wait::{Waited, wait_for};
+
+/// A build key from the URL path, checked before any lookup.
+pub struct KeyPath(pub BuildKey);
+
+impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::bad_request("key", "invalid_key", "the build key in the URL is malformed"))?;
+        Ok(KeyPath(BuildKey::parse(&raw)?))
+    }
+}
+
+/// Validate a request against its recipe and resolve its versions.
+pub async fn prepare(state: &AppState, req: &BuildRequest) -> ApiResult<BuildSpec> {
+    let recipe = state.recipe(&req.recipe)?;
+    let validated = req.validate(recipe)?;
+    state.resolver().spec(recipe, &validated).await
+}
+
+/// `POST /api/builds`.
+pub async fn create(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body may have at most {} bytes", state.config().api.max_body_bytes),
+            )
+            .with_field("body")
+        } else {
+            ApiError::bad_request("body", "invalid_body", e.body_text())
+        }
+    })?;
+    let req = parse_body(&body)?;
+    let spec = prepare(&state, &req).await?;
+    let enqueued = state.queue().enqueue(&spec, priority::DEFAULT).await?;
+    let build = enqueued.build;
+    if build.state == BuildState::Succeeded {
+        state.remember(std::sync::Arc::new(build.clone()));
+    }
+    let status = if build.state.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok(build_response(&state, status, &build))
+}
+
+fn parse_body(body: &[u8]) -> ApiResult<BuildRequest> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." || path.is_empty() { "body".to_owned() } else { path };
+        let inner = e.into_inner();
+        let message = if inner.is_syntax() || inner.is_eof() {
+            format!("the body is not valid JSON: {inner}")
+        } else {
+            inner.to_string()
+        };
+        ApiError::bad_request(field, "invalid_body", message)
+    })
+}
+
+pub fn build_response(state: &AppState, status: StatusCode, build: &Build) -> Response {
+    let mut resp = (status, Json(BuildView::new(state, build))).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::ACCEPTED
+        && let Ok(v) = HeaderValue::from_str(&state.url(&format!("/api/builds/{}", build.key)))
+    {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// `GET /api/builds/{key}[?wait=N]`: with `wait`, hold until the state
+/// differs from the one at the time of the request, or N seconds pass.
+pub async fn get(State(state): State<AppState>, KeyPath(key): KeyPath, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    let q = Query::parse(q.as_deref())?;
+    let wait = match q.first("wait").filter(|w| !w.is_empty()) {
+        None => 0,
+        Some(w) => w
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request("wait", "invalid_wait", "wait is a number of seconds, e.g. wait=30"))?,
+    }
+    .min(state.config().api.max_wait_secs);
+    let build = state.build(&key).await?;
+    if wait == 0 || build.state.is_final() {
+        return Ok(build_response(&state, StatusCode::OK, &build));
+    }
+    let started = Instant::now();
+    let first = build.state;
+    let waited = wait_for(&state, &key, Duration::from_secs(wait), |s| s != first).await?;
+    state.metrics().waited("poll", started.elapsed().as_secs_f64());
+    let build = match waited {
+        Waited::Done(b) | Waited::TimedOut(b) => b,
+    };
+    Ok(build_response(&state, StatusCode::OK, &build))
+}
+
+/// Check `Authorization: Bearer <api.admin_token>` in constant time.
+fn authorize(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(token) = state.config().api.admin_token.as_ref().filter(|t| !t.expose().is_empty()) else {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "admin_disabled", "admin routes are off: no api.admin_token"));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this route needs Authorization: Bearer <admin token>",
+        )
+        .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+    };
+    if bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the admin token is wrong"))
+    }
+}
+
+/// `DELETE /api/builds/{key}`: cancel (admin).
+pub async fn cancel(State(state): State<AppState>, KeyPath(key): KeyPath, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&state, &headers)?;
+    let before = state.queue().get(&key).await?.ok_or_else(|| ApiError::unknown_build(&key))?;
+    if before.state.is_final() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_finished",
+            format!("build {key} has already ended {}", before.state),
+        )
+        .with_key(&key));
+    }
+    let build = state.queue().cancel(&key).await?.ok_or_else(|| ApiError::unknown_build(&key))?;
+    tracing::info!(build = %key, state = %build.state, "cancel requested");
+    let status = if build.state.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok(build_response(&state, status, &build))
+}
+
+/// `POST /api/builds/{key}/retry`: queue a failed or cancelled build again now (admin).
+pub async fn retry(State(state): State<AppState>, KeyPath(key): KeyPath, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&state, &headers)?;
+    if !state.queue().retry(&key).await? {
+        let build = state.queue().get(&key).await?.ok_or_else(|| ApiError::unknown_build(&key))?;
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_retryable",
+            format!("build {key} is {}; only failed or cancelled builds are retried", build.state),
+        )
+        .with_key(&key));
+    }
+    state.forget(&key);
+    let build = state.queue().get(&key).await?.ok_or_else(|| ApiError::unknown_build(&key))?;
+    tracing::info!(build = %key, "retry requested");
+    Ok(build_response(&state, StatusCode::ACCEPTED, &build))
+}
+
+/// The error for an object of a build that has not succeeded.
+pub fn not_succeeded(state: &AppState, build: &Build) -> ApiError {
+    let key = &build.key;
+    match build.state {
+        BuildState::Queued | BuildState::Running => ApiError::new(
+            StatusCode::CONFLICT,
+            "not_ready",
+            format!("build {key} is {}; its files exist once it has succeeded", build.state),
+        ),
+        BuildState::Failed => failed(state, build),
+        _ => ApiError::new(StatusCode::CONFLICT, "build_cancelled", format!("build {key} was cancelled")),
+    }
+    .with_key(key)
+}
+
+/// `422` for a failed build: its error and a link to its log.
+pub fn failed(state: &AppState, build: &Build) -> ApiError {
+    let error = build.error.as_deref().unwrap_or("the build failed");
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "build_failed", format!("build {} failed: {error}", build.key))
+        .with_key(&build.key)
+        .with_log(state.url(&format!("/api/builds/{}/log", build.key)))
+}
+
+async fn stored(
+    state: AppState,
+    key: BuildKey,
+    name: ObjectName,
+    method: Method,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let build = state.build(&key).await?;
+    if build.state != BuildState::Succeeded {
+        return Err(not_succeeded(&state, &build));
+    }
+    let presign = matches!(name, ObjectName::Artifact | ObjectName::Binary);
+    serve::object(&state, &build, name, &method, &headers, Extra { presign, ..Default::default() }).await
+}
+
+/// `GET /api/builds/{key}/artifact`.
+pub async fn artifact(State(s): State<AppState>, KeyPath(k): KeyPath, m: Method, h: HeaderMap) -> ApiResult<Response> {
+    stored(s, k, ObjectName::Artifact, m, h).await
+}
+
+/// `GET /api/builds/{key}/artifact.minisig`.
+pub async fn signature(State(s): State<AppState>, KeyPath(k): KeyPath, m: Method, h: HeaderMap) -> ApiResult<Response> {
+    stored(s, k, ObjectName::Signature, m, h).await
+}
+
+/// `GET /api/builds/{key}/binary`.
+pub async fn binary(State(s): State<AppState>, KeyPath(k): KeyPath, m: Method, h: HeaderMap) -> ApiResult<Response> {
+    stored(s, k, ObjectName::Binary, m, h).await
+}
+
+/// `GET /api/builds/{key}/build.json`: the manifest the worker stored.
+pub async fn manifest(State(s): State<AppState>, KeyPath(k): KeyPath, m: Method, h: HeaderMap) -> ApiResult<Response> {
+    stored(s, k, ObjectName::Manifest, m, h).await
+}

@@ -1,0 +1,6 @@
+//! The route handlers, one module per area.
+
+pub mod builds;
+pub mod compat;
+pub mod live;
+pub mod ops;

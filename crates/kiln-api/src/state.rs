@@ -1,0 +1,223 @@
+//! What every handler shares: configuration, queue, storage, the notifier,
+//! the version resolver, metrics, and a small cache of succeeded builds.
+//!
+//! The cache is what keeps a cache hit cheap: a succeeded build never
+//! changes (it can only expire, which deletes its objects and its row), so
+//! the build row and the objects' sizes and ETags are kept for
+//! [`HOT_TTL`] after one lookup. A download of a hot build touches neither
+//! the queue nor the store's metadata; it opens the object and streams it.
+//! When the object turns out to be gone, the entry is dropped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kiln_config::Config;
+use kiln_domain::{BuildKey, BuildState, Recipe};
+use kiln_queue::{Build, Notification, Notifier, Queue, channels};
+use kiln_storage::{ObjectInfo, ObjectKey, ObjectName, Storage};
+use tokio::sync::broadcast;
+
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::Metrics;
+use crate::resolve::Resolver;
+
+/// How long a succeeded build's row and object facts are reused.
+pub const HOT_TTL: Duration = Duration::from_secs(10);
+/// The most builds kept hot.
+const HOT_MAX: usize = 4096;
+
+/// Shared state of the API. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    config: Config,
+    queue: Queue,
+    storage: Storage,
+    notifier: Notifier,
+    resolver: Resolver,
+    metrics: Metrics,
+    hot: Mutex<HashMap<BuildKey, Hot>>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+#[derive(Clone)]
+struct Hot {
+    at: Instant,
+    build: Arc<Build>,
+    objects: HashMap<ObjectName, ObjectInfo>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("storage", &self.0.storage).finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Build the state and start the notification listener. Needs a Tokio runtime.
+    pub fn new(config: Config, queue: Queue, storage: Storage) -> AppState {
+        let notifier = Notifier::start(queue.pool().clone(), &[channels::BUILDS, channels::EVENTS]);
+        let resolver = Resolver::new(&config.api.go_proxy, Duration::from_secs(config.api.version_cache_secs));
+        let metrics = Metrics::new();
+        let rx = notifier.subscribe();
+        Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
+            let watcher = tokio::spawn(watch_durations(weak.clone(), rx));
+            Inner { config, queue, storage, notifier, resolver, metrics, hot: Mutex::new(HashMap::new()), watcher }
+        })
+        .into()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.0.queue
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.0.storage
+    }
+
+    pub fn resolver(&self) -> &Resolver {
+        &self.0.resolver
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    /// A receiver of build and event notifications, from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Notification> {
+        self.0.notifier.subscribe()
+    }
+
+    /// The recipe named `name`: 400 for a malformed name, 404 for an unknown one.
+    pub fn recipe(&self, name: &str) -> ApiResult<&Recipe> {
+        kiln_domain::request::check_recipe_name(name)?;
+        self.0.config.recipes.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.0.config.recipes.keys().map(String::as_str).collect();
+            ApiError::not_found("unknown_recipe", format!("there is no recipe {name:?}; known: {}", known.join(", ")))
+                .with_field("recipe")
+        })
+    }
+
+    /// A URL path of the API, absolute when `api.public_url` is set.
+    pub fn url(&self, path: &str) -> String {
+        match &self.0.config.api.public_url {
+            Some(base) => format!("{}{path}", base.trim_end_matches('/')),
+            None => path.to_owned(),
+        }
+    }
+
+    /// The build `key`, from the hot cache when it has succeeded recently.
+    pub async fn build(&self, key: &BuildKey) -> ApiResult<Arc<Build>> {
+        self.lookup(key).await?.ok_or_else(|| ApiError::unknown_build(key))
+    }
+
+    /// Like [`build`](Self::build), `None` for an unknown key.
+    pub async fn lookup(&self, key: &BuildKey) -> ApiResult<Option<Arc<Build>>> {
+        if let Some(b) = self.hot_build(key) {
+            return Ok(Some(b));
+        }
+        let Some(build) = self.0.queue.get(key).await? else { return Ok(None) };
+        let build = Arc::new(build);
+        self.remember(build.clone());
+        Ok(Some(build))
+    }
+
+    fn hot_build(&self, key: &BuildKey) -> Option<Arc<Build>> {
+        let hot = self.0.hot.lock().expect("hot lock");
+        hot.get(key).filter(|h| h.at.elapsed() < HOT_TTL).map(|h| h.build.clone())
+    }
+
+    /// Keep a succeeded build hot.
+    pub fn remember(&self, build: Arc<Build>) {
+        if build.state != BuildState::Succeeded {
+            return;
+        }
+        let mut hot = self.0.hot.lock().expect("hot lock");
+        if hot.len() >= HOT_MAX {
+            hot.retain(|_, h| h.at.elapsed() < HOT_TTL);
+            if hot.len() >= HOT_MAX {
+                hot.clear();
+            }
+        }
+        hot.insert(build.key.clone(), Hot { at: Instant::now(), build, objects: HashMap::new() });
+    }
+
+    /// Forget a build whose objects are gone.
+    pub fn forget(&self, key: &BuildKey) {
+        self.0.hot.lock().expect("hot lock").remove(key);
+    }
+
+    /// Size and ETag of an object of a succeeded build, cached with the build.
+    pub async fn object_info(&self, key: &BuildKey, name: ObjectName) -> ApiResult<ObjectInfo> {
+        {
+            let hot = self.0.hot.lock().expect("hot lock");
+            if let Some(info) = hot.get(key).filter(|h| h.at.elapsed() < HOT_TTL).and_then(|h| h.objects.get(&name)) {
+                return Ok(info.clone());
+            }
+        }
+        let info = match self.0.storage.head(&ObjectKey::new(key, name)).await {
+            Ok(info) => info,
+            Err(e) => {
+                if e.is_not_found() {
+                    self.forget(key);
+                }
+                return Err(e.into());
+            }
+        };
+        let mut hot = self.0.hot.lock().expect("hot lock");
+        if let Some(h) = hot.get_mut(key) {
+            h.objects.insert(name, info.clone());
+        }
+        Ok(info)
+    }
+
+    /// Are the database and the object store reachable?
+    pub async fn ready(&self) -> Result<(), String> {
+        self.0.queue.ping().await.map_err(|e| format!("database: {e}"))?;
+        // A HEAD of an object that never exists: reachable stores say "no".
+        let probe = ObjectKey::new(&BuildKey::from_digest(&[0; 32]), ObjectName::Manifest);
+        self.0.storage.exists(&probe).await.map_err(|e| format!("storage: {e}"))?;
+        Ok(())
+    }
+}
+
+impl From<Arc<Inner>> for AppState {
+    fn from(inner: Arc<Inner>) -> Self {
+        AppState(inner)
+    }
+}
+
+/// Observe build durations as builds end (one row read per ended build).
+async fn watch_durations(state: std::sync::Weak<Inner>, mut rx: broadcast::Receiver<Notification>) {
+    loop {
+        let n = match rx.recv().await {
+            Ok(n) => n,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Notification::Build { key, state: s } = n else { continue };
+        if !matches!(s.as_str(), "succeeded" | "failed" | "cancelled") {
+            continue;
+        }
+        let Some(inner) = state.upgrade() else { return };
+        let Ok(key) = BuildKey::parse(&key) else { continue };
+        if let Ok(Some(b)) = inner.queue.get(&key).await
+            && let (Some(start), Some(end)) = (b.started_at, b.finished_at)
+        {
+            let secs = (end - start).num_milliseconds() as f64 / 1000.0;
+            inner.metrics.build_finished(&b.recipe, b.state.as_str(), secs.max(0.0));
+        }
+    }
+}
