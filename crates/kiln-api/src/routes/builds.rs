@@ -72,7 +72,7 @@ fn parse_body(body: &[u8]) -> ApiResult<BuildRequest> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." || path.is_empty() { "body".to_owned() } else { path };
+        let field = if matches!(path.as_str(), "." | "?" | "") { "body".to_owned() } else { path };
         let inner = e.into_inner();
         let message = if inner.is_syntax() || inner.is_eof() {
             format!("the body is not valid JSON: {inner}")

@@ -1,0 +1,295 @@
+//! In-process tests: validation, errors, admin auth, resolution of static
+//! versions, and the operational routes. No build runs here.
+
+use axum::body::Body;
+use axum::http::Request;
+use serde_json::json;
+
+use crate::farm::InProc;
+
+const HELLO: &str = "/api/compat?recipe=hello&os=linux&arch=amd64";
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[tokio::test]
+async fn bad_compat_requests_are_400_json_naming_the_field() {
+    let api = InProc::new().await;
+    let long = format!("example.com/{}", "a".repeat(1000));
+    let cases: Vec<(String, &str, &str)> = vec![
+        ("/api/compat?recipe=hello&os=plan9&arch=amd64".into(), "os", "unknown_platform"),
+        ("/api/compat?recipe=hello&os=linux&arch=mips".into(), "arch", "unknown_platform"),
+        ("/api/compat?recipe=hello&os=linux&arch=amd64&arm=7".into(), "arm", "unknown_platform"),
+        ("/api/compat?recipe=hello&os=linux&arch=arm&arm=5".into(), "arm", "unknown_platform"),
+        ("/api/compat?recipe=hello&arch=amd64".into(), "os", "unknown_platform"),
+        (format!("{HELLO}&p={}", enc("example.com/a b")), "p", "invalid_module"),
+        (format!("{HELLO}&p={}", enc("example.com/a;rm -rf /")), "p", "invalid_module"),
+        (format!("{HELLO}&p={}", enc("example.com/$(id)")), "p", "invalid_module"),
+        (format!("{HELLO}&p={}", enc("example.com/`id`")), "p", "invalid_module"),
+        (format!("{HELLO}&p={}", enc("example.com/../etc")), "p", "invalid_module"),
+        (format!("{HELLO}&p={}", enc("Example.COM/greet")), "p", "invalid_module"),
+        (format!("{HELLO}&p={}", enc("-example.com/greet")), "p", "invalid_module"),
+        (format!("{HELLO}&p={}", enc(&long)), "p", "invalid_module"),
+        (format!("{HELLO}&p=evil.com/greet"), "p", "plugin_not_allowed"),
+        (format!("{HELLO}&p=example.com/greet@banana"), "p", "invalid_version"),
+        (format!("{HELLO}&p=example.com/greet@v9.9.9"), "p", "unknown_version"),
+        (format!("{HELLO}&p=example.com/other"), "p", "unknown_version"),
+        (format!("{HELLO}&version=v1.2"), "version", "invalid_version"),
+        (format!("{HELLO}&version={}", enc("v1.0.0;id")), "version", "invalid_version"),
+        (format!("{HELLO}&version=v9.9.9"), "version", "unknown_version"),
+        (format!("{HELLO}&p=example.com/greet@v0.1.0&p=example.com/greet@v0.2.0"), "p", "conflicting_plugins"),
+        (format!("{HELLO}&r=example.com/greet=example.com/shout"), "r", "replacements_not_allowed"),
+        (format!("{HELLO}&r=nonsense"), "r", "invalid_replacement"),
+        (format!("{HELLO}&p=example.com/greet&x=%FF%FE"), "x", "invalid_encoding"),
+        (format!("{HELLO}&p=%C3%28"), "p", "invalid_encoding"),
+        // 10,000 plugins (short ones: a URI has at most 64 KiB).
+        (format!("{HELLO}{}", "&p=a.b".repeat(10_000)), "p", "too_many_plugins"),
+        ("/api/compat?recipe=Bad%20Name&os=linux&arch=amd64".into(), "recipe", "invalid_recipe"),
+    ];
+    for (uri, field, code) in cases {
+        let a = api.get(&uri).await;
+        let j = a.error(400, code);
+        assert_eq!(j["error"]["field"], field, "{uri}: {j}");
+        assert!(a.headers.get("x-request-id").is_some());
+        assert_eq!(j["error"]["id"], a.headers["x-request-id"].to_str().unwrap());
+    }
+    // Nothing was queued by any of it.
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM builds").fetch_one(api.db.pool()).await.unwrap();
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn bad_post_bodies_are_400_or_413_json() {
+    let api = InProc::new().await;
+    let ok = |extra: serde_json::Value| {
+        let mut b = json!({"recipe": "hello", "os": "linux", "arch": "amd64"});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    let cases: Vec<(String, &str, &str)> = vec![
+        ("{".into(), "body", "invalid_body"),
+        ("[]".into(), "body", "invalid_body"),
+        (ok(json!({"colour": "red"})), "colour", "invalid_body"),
+        (ok(json!({"plugins": [{"module": "example.com/$(id)"}]})), "plugins[0].module", "invalid_module"),
+        (
+            ok(json!({"plugins": [{"module": "example.com/greet", "version": "1"}]})),
+            "plugins[0].version",
+            "invalid_version",
+        ),
+        (ok(json!({"os": "plan9"})), "os", "unknown_platform"),
+        (ok(json!({"arm": 7})), "arm", "unknown_platform"),
+        (ok(json!({"version": "vv1"})), "version", "invalid_version"),
+    ];
+    for (body, field, code) in cases {
+        let j = api.post("/api/builds", body.clone()).await.error(400, code);
+        assert_eq!(j["error"]["field"], field, "{body}: {j}");
+    }
+    // 10,000 plugins: over the body limit, or over the plugin limit.
+    let many: Vec<_> = (0..10_000).map(|i| json!({"module": format!("example.com/p{i}")})).collect();
+    let a = api.post("/api/builds", ok(json!({"plugins": many}))).await;
+    assert!(matches!(a.status.as_u16(), 400 | 413), "{}", a.text());
+    assert_eq!(a.json()["status_code"], a.status.as_u16());
+    let compact: Vec<_> = (0..1_000).map(|_| json!({"module": "a.b/c"})).collect();
+    api.post("/api/builds", ok(json!({"plugins": compact}))).await.error(400, "too_many_plugins");
+    // 10 MiB.
+    let huge = format!("{{\"recipe\": \"{}\"}}", "x".repeat(10 * 1024 * 1024));
+    api.post("/api/builds", huge).await.error(413, "body_too_large");
+    // Unknown recipe: 404.
+    let j = api
+        .post("/api/builds", r#"{"recipe": "nope", "os": "linux", "arch": "amd64"}"#)
+        .await
+        .error(404, "unknown_recipe");
+    assert_eq!(j["error"]["field"], "recipe");
+    api.get("/api/compat?recipe=nope&os=linux&arch=amd64").await.error(404, "unknown_recipe");
+}
+
+#[tokio::test]
+async fn unknown_and_malformed_keys_and_routes() {
+    let api = InProc::new().await;
+    let unknown = "a".repeat(64);
+    for path in ["", "/log", "/events", "/artifact", "/artifact.minisig", "/binary"] {
+        api.get(&format!("/api/builds/{unknown}{path}")).await.error(404, "unknown_build");
+        for bad in ["AAAA".repeat(16), "..".into(), "%FF".into(), "a".repeat(65), format!("{}%2F..", "a".repeat(60))] {
+            api.get(&format!("/api/builds/{bad}{path}")).await.error(400, "invalid_key");
+        }
+    }
+    api.get("/nope").await.error(404, "no_route");
+    api.call(Request::put("/api/recipes").body(Body::empty()).unwrap()).await.error(405, "method_not_allowed");
+    api.get(&format!("/api/builds/{unknown}?wait=x")).await.error(400, "invalid_wait");
+}
+
+#[tokio::test]
+async fn submitting_dedupes_normalizes_and_resolves_static_versions() {
+    let api = InProc::new().await;
+    let a = api
+        .post(
+            "/api/builds",
+            r#"{"recipe": "hello", "os": "linux", "arch": "amd64",
+                "plugins": [{"module": "example.com/shout"}, {"module": "example.com/greet"}, {"module": "example.com/shout", "version": "latest"}]}"#,
+        )
+        .await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    let first = a.json();
+    assert_eq!(first["state"], "queued");
+    assert_eq!(first["version"], "v1.1.0", "latest skips the prerelease");
+    let plugins: Vec<_> = first["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{}@{}", p["module"].as_str().unwrap(), p["version"].as_str().unwrap()))
+        .collect();
+    assert_eq!(plugins, ["example.com/greet@v0.2.0", "example.com/shout@v1.0.0"]);
+    assert!(a.headers["location"].to_str().unwrap().ends_with(first["key"].as_str().unwrap()));
+
+    // The same build asked differently: order, explicit versions, `v`-less.
+    let b = api
+        .post(
+            "/api/builds",
+            r#"{"recipe": "hello", "version": "1.1.0", "os": "linux", "arch": "amd64",
+                "plugins": [{"module": "example.com/greet", "version": "v0.2.0"}, {"module": "example.com/shout", "version": "1.0.0"}]}"#,
+        )
+        .await;
+    assert_eq!(b.status, 202);
+    assert_eq!(b.json()["key"], first["key"]);
+
+    // A prerelease only when asked for exactly.
+    let pre = api
+        .post(
+            "/api/builds",
+            r#"{"recipe": "hello", "version": "v1.2.0-beta.1", "os": "linux", "arch": "arm", "arm": "v6"}"#,
+        )
+        .await;
+    assert_eq!(pre.status, 202, "{}", pre.text());
+    assert_eq!(pre.json()["version"], "v1.2.0-beta.1");
+    assert_eq!(pre.json()["platform"], "linux/arm/6");
+
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM builds").fetch_one(api.db.pool()).await.unwrap();
+    assert_eq!(n, 2);
+
+    let got = api.get(&format!("/api/builds/{}", first["key"].as_str().unwrap())).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json()["key"], first["key"]);
+    assert_eq!(got.json()["links"]["binary"], format!("/api/builds/{}/binary", first["key"].as_str().unwrap()));
+    // Its files do not exist yet.
+    api.get(&format!("/api/builds/{}/artifact", first["key"].as_str().unwrap())).await.error(409, "not_ready");
+}
+
+#[tokio::test]
+async fn many_identical_posts_at_once_make_one_build() {
+    let api = InProc::new().await;
+    let body = r#"{"recipe": "hello", "os": "windows", "arch": "amd64", "plugins": [{"module": "example.com/greet"}]}"#;
+    let answers = futures::future::join_all((0..100).map(|_| api.post("/api/builds", body))).await;
+    let keys: std::collections::BTreeSet<_> = answers
+        .iter()
+        .map(|a| {
+            assert_eq!(a.status, 202, "{}", a.text());
+            a.json()["key"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(keys.len(), 1);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM builds").fetch_one(api.db.pool()).await.unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn cancel_needs_the_admin_token_and_ends_a_queued_build() {
+    let api = InProc::new().await;
+    let a = api.post("/api/builds", r#"{"recipe": "hello", "os": "linux", "arch": "arm64"}"#).await;
+    let key = a.json()["key"].as_str().unwrap().to_owned();
+    let del = |auth: Option<&str>| {
+        let mut r = Request::delete(format!("/api/builds/{key}"));
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.body(Body::empty()).unwrap()
+    };
+    let no = api.call(del(None)).await;
+    no.error(401, "unauthorized");
+    assert_eq!(no.headers["www-authenticate"], "Bearer");
+    api.call(del(Some("Bearer wrong-token"))).await.error(403, "forbidden");
+    api.call(del(Some("Basic ZGV2OmRldg=="))).await.error(401, "unauthorized");
+    let ok = api.call(del(Some("Bearer dev-admin-token"))).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["state"], "cancelled");
+    api.call(del(Some("Bearer dev-admin-token"))).await.error(409, "already_finished");
+
+    // Retry needs the token too, and queues it again.
+    let retry = |auth: &str| {
+        Request::post(format!("/api/builds/{key}/retry")).header("authorization", auth).body(Body::empty()).unwrap()
+    };
+    api.call(retry("Bearer nope")).await.error(403, "forbidden");
+    let again = api.call(retry("Bearer dev-admin-token")).await;
+    assert_eq!(again.status, 202, "{}", again.text());
+    assert_eq!(again.json()["state"], "queued");
+}
+
+#[tokio::test]
+async fn long_poll_returns_on_a_state_change_through_notify() {
+    let api = InProc::new().await;
+    let a = api.post("/api/builds", r#"{"recipe": "hello", "os": "darwin", "arch": "arm64"}"#).await;
+    let key = a.json()["key"].as_str().unwrap().to_owned();
+    let uri = format!("/api/builds/{key}?wait=60");
+    let poll = api.get(&uri);
+    let cancel = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        api.call(
+            Request::delete(format!("/api/builds/{key}"))
+                .header("authorization", "Bearer dev-admin-token")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+    };
+    let (polled, cancelled) = tokio::join!(poll, cancel);
+    assert_eq!(cancelled.status, 200);
+    assert_eq!(polled.status, 200);
+    assert_eq!(polled.json()["state"], "cancelled", "the long-poll saw the change");
+    let metrics = api.get("/metrics").await.text();
+    assert!(metrics.contains(r#"kiln_wait_seconds_count{kind="poll"} 1"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn recipes_health_metrics_page_and_signing_key() {
+    let api = InProc::new().await;
+    let r = api.get("/api/recipes").await;
+    assert_eq!(r.status, 200);
+    let names: Vec<_> =
+        r.json()["recipes"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_owned()).collect();
+    assert!(names.contains(&"hello".to_owned()), "{names:?}");
+    let hello = r.json()["recipes"].as_array().unwrap().iter().find(|r| r["name"] == "hello").unwrap().clone();
+    assert!(hello["platforms"].as_array().unwrap().contains(&json!("linux/arm/7")));
+    assert_eq!(hello["plugins"]["allow"], json!(["example.com/*"]));
+
+    assert_eq!(api.get("/healthz").await.status, 200);
+    assert_eq!(api.get("/readyz").await.status, 200);
+    let page = api.get("/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("/api/recipes"));
+
+    api.get("/api/signing-key").await.error(404, "no_signing_key");
+    let pk = kiln_artifact::keygen(&api.dir.path().join("kiln.key"), false).unwrap();
+    let k = api.get("/api/signing-key").await;
+    assert_eq!(k.status, 200);
+    assert_eq!(kiln_artifact::PublicKey::parse(&k.text()).unwrap(), pk);
+
+    api.post("/api/builds", r#"{"recipe": "hello", "os": "linux", "arch": "amd64"}"#).await;
+    let m = api.get("/metrics").await;
+    assert_eq!(m.status, 200);
+    let text = m.text();
+    assert!(text.contains(r#"kiln_builds{state="queued"} 1"#), "{text}");
+    assert!(text.contains("kiln_queue_depth 1"), "{text}");
+    assert!(text.contains(r#"route="/api/builds""#) && text.contains(r#"status="202""#), "{text}");
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_a_503() {
+    let api = InProc::new().await;
+    api.db.pool().close().await;
+    let key = "b".repeat(64);
+    api.get(&format!("/api/builds/{key}")).await.error(503, "database_unavailable");
+    api.get("/readyz").await.error(503, "not_ready");
+    api.post("/api/builds", r#"{"recipe": "hello", "os": "linux", "arch": "amd64"}"#)
+        .await
+        .error(503, "database_unavailable");
+}

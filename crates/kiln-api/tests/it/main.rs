@@ -1,0 +1,8 @@
+//! kiln-api's integration tests: in-process ones drive `app(state)` with
+//! `oneshot` over a real database and local storage; end-to-end ones spawn
+//! the real `kiln-api` and `kiln-worker` binaries (see `farm.rs`).
+
+mod e2e;
+mod farm;
+mod inproc;
+mod proxy;
