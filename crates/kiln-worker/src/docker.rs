@@ -18,8 +18,8 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountTypeEnum};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions, RemoveContainerOptions,
-    WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, InspectContainerOptions, KillContainerOptions,
+    ListContainersOptions, RemoveContainerOptions, StartContainerOptions, WaitContainerOptions,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -127,6 +127,54 @@ impl Engine {
         Ok(image_info(image, self.docker.inspect_image(image).await?))
     }
 
+    /// Make the root of a recipe's cache volume belong to the step user.
+    ///
+    /// Docker creates a named volume owned by root unless the image has the
+    /// mount point already; the steps, never root, could not write to it. A
+    /// one-off container from the recipe image, with `CAP_CHOWN` as its only
+    /// capability and no network, runs `chown` on the volume's root (not
+    /// recursively: what the steps wrote is theirs already).
+    pub async fn prepare_cache(&self, image: &str, cache: &CacheVolume, user: &str) -> Result<(), DockerError> {
+        let body = ContainerCreateBody {
+            image: Some(image.to_owned()),
+            cmd: Some(vec!["chown".into(), user.to_owned(), cache.path.clone()]),
+            entrypoint: Some(Vec::new()),
+            user: Some("0:0".into()),
+            network_disabled: Some(true),
+            labels: Some(HashMap::from([(LABEL_STEP.to_owned(), "prepare-cache".to_owned())])),
+            host_config: Some(HostConfig {
+                mounts: Some(vec![Mount {
+                    target: Some(cache.path.clone()),
+                    source: Some(cache.name.clone()),
+                    typ: Some(MountTypeEnum::VOLUME),
+                    ..Default::default()
+                }]),
+                network_mode: Some("none".into()),
+                cap_drop: Some(vec!["ALL".into()]),
+                cap_add: Some(vec!["CHOWN".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                readonly_rootfs: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self.docker.create_container(None::<CreateContainerOptions>, body).await?;
+        let guard = ContainerGuard { docker: self.docker.clone(), id: Some(created.id.clone()) };
+        let result = async {
+            self.docker.start_container(&created.id, None::<StartContainerOptions>).await?;
+            match self.wait(&created.id).await? {
+                0 => Ok(()),
+                code => Err(DockerError::Other(format!(
+                    "chown {user} on cache volume {} exited with code {code}",
+                    cache.name
+                ))),
+            }
+        }
+        .await;
+        guard.remove().await;
+        result
+    }
+
     /// Run one container to its end, sending its output (stdout and stderr
     /// interleaved as they come) to `output`. Returns when the process has
     /// exited, the timeout passed, or `cancel` fired; the container is gone
@@ -137,10 +185,7 @@ impl Engine {
         output: &mpsc::Sender<Bytes>,
         cancel: &CancellationToken,
     ) -> Result<StepRun, DockerError> {
-        let created = self
-            .docker
-            .create_container(None::<bollard::query_parameters::CreateContainerOptions>, container_body(spec))
-            .await?;
+        let created = self.docker.create_container(None::<CreateContainerOptions>, container_body(spec)).await?;
         let guard = ContainerGuard { docker: self.docker.clone(), id: Some(created.id.clone()) };
         let result = self.run_created(&created.id, spec, output, cancel).await;
         guard.remove().await;
@@ -158,7 +203,7 @@ impl Engine {
             AttachContainerOptions { stdout: true, stderr: true, stream: true, logs: true, ..Default::default() };
         let mut attached = self.docker.attach_container(id, Some(attach)).await?;
         let started = Instant::now();
-        self.docker.start_container(id, None::<bollard::query_parameters::StartContainerOptions>).await?;
+        self.docker.start_container(id, None::<StartContainerOptions>).await?;
         let deadline = tokio::time::Instant::now() + spec.timeout;
 
         // Forward output until the stream ends (the process exited) or we stop it.
@@ -194,10 +239,12 @@ impl Engine {
         if let Some(exit) = stopped {
             return Ok(StepRun { exit, elapsed });
         }
-        let state =
-            self.docker.inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>).await?.state;
+        let state = self.docker.inspect_container(id, None::<InspectContainerOptions>).await?.state;
+        // Docker flags any OOM kill inside the container; it only explains the
+        // exit when the step's own process did not exit cleanly.
         let oom = state.and_then(|s| s.oom_killed).unwrap_or(false);
-        Ok(StepRun { exit: if oom { Exit::OutOfMemory } else { Exit::Code(code) }, elapsed })
+        let exit = if oom && code != 0 { Exit::OutOfMemory } else { Exit::Code(code) };
+        Ok(StepRun { exit, elapsed })
     }
 
     async fn kill(&self, id: &str) -> Result<(), DockerError> {

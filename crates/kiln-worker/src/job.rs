@@ -315,6 +315,9 @@ impl Attempt<'_> {
         let image = self.ctx.engine.ensure_image(&recipe.image, recipe.pull).await?;
         self.say(&format!("==> image {} ({})\n", image.name, image.id)).await;
 
+        if let Some(cache) = &recipe.cache {
+            self.ctx.engine.prepare_cache(&recipe.image, cache, &self.ctx.config.worker.limits.user).await?;
+        }
         let dir = WorkDir::create(&self.ctx.config.worker.work_dir, self.key(), &self.ctx.config.worker.limits.user)?;
         let total = steps.len();
         for (index, step) in steps.iter().enumerate() {
@@ -556,6 +559,10 @@ impl Attempt<'_> {
     fn manifest(&self, b: &Built, record: &LogRecord, log_sha256: &str) -> serde_json::Value {
         let spec = &self.claim.spec;
         let signature = kiln_artifact::build_comment(self.key(), &b.packed.sha256);
+        let mut plugins = spec.plugins.clone();
+        plugins.sort();
+        let mut replacements = spec.replacements.clone();
+        replacements.sort();
         json!({
             "key": self.key(),
             "request": spec,
@@ -566,8 +573,8 @@ impl Attempt<'_> {
             "os": spec.platform.os,
             "arch": spec.platform.arch,
             "arm": spec.platform.arm.map(|a| a.to_string()).unwrap_or_default(),
-            "plugins": spec.plugins,
-            "replacements": spec.replacements,
+            "plugins": plugins,
+            "replacements": replacements,
             "image": b.image,
             "worker": {"id": self.ctx.worker_id, "host": self.ctx.host, "version": env!("CARGO_PKG_VERSION")},
             "attempt": {"id": self.claim.lease.attempt_id, "number": self.claim.attempt_no},
