@@ -27,7 +27,6 @@ pub fn test_config(vars: &[(&str, String)]) -> Config {
 pub struct InProc {
     pub db: TestDb,
     pub dir: tempfile::TempDir,
-    pub state: AppState,
     pub app: Router,
 }
 
@@ -76,7 +75,7 @@ impl InProc {
         let queue = db.queue(QueueSettings::from(&config.queue));
         let state = AppState::new(config, queue, storage);
         let app = kiln_api::app(state.clone());
-        InProc { db, dir, state, app }
+        InProc { db, dir, app }
     }
 
     pub async fn call(&self, req: Request<Body>) -> Answer {
@@ -119,12 +118,16 @@ impl ApiFarm {
     /// A farm with the API and one worker running.
     pub async fn with_worker(env: &[(&str, &str)]) -> ApiFarm {
         let mut f = Self::start(env).await;
-        f.add_worker("w1");
+        f.add_worker();
         f
     }
 
-    pub fn add_worker(&mut self, id: &str) {
-        let w = self.farm.start_worker(id);
+    /// Start a worker. Its id is unique on this machine: a worker removes
+    /// containers left by an earlier worker of the same id, and farms of
+    /// tests running in parallel share the Docker engine.
+    pub fn add_worker(&mut self) {
+        let id = format!("api-test-{}-{}", self.farm.port, self.workers.len());
+        let w = self.farm.start_worker(&id);
         self.workers.push(w);
     }
 
