@@ -172,3 +172,51 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
         .ok_or(())
 }
+
+#[tokio::test]
+async fn a_worker_that_lost_its_lease_stores_and_reports_nothing() {
+    let Some(farm) = Farm::new("lease-lost").await else { return };
+    let key = farm.enqueue(&farm.spec("sleep", "v5.0.0", &[])).await;
+    let id = format!("lease-lost-{}", std::process::id());
+    let w = farm.start_worker(&id, None, true).await;
+    farm.wait_log(&key, "slept 1 of 5").await;
+
+    // The lease lapses, as if the worker had been cut off, and the janitor rescues the job.
+    sqlx::query("UPDATE builds SET lease_expires_at = now() - interval '1 second' WHERE key = $1")
+        .bind(key.as_str())
+        .execute(farm.queue.pool())
+        .await
+        .unwrap();
+    let rescued = farm.queue.rescue_lapsed().await.unwrap();
+    assert_eq!(rescued.requeued, [key.to_string()]);
+
+    let exit = tokio::time::timeout(crate::farm::PATIENCE, w).await.unwrap().unwrap().unwrap();
+    assert_eq!(exit, Exit::Once(JobEnd::LeaseLost));
+    assert_eq!(farm.build(&key).await.state, BuildState::Queued);
+    for name in ObjectName::ALL {
+        assert!(!farm.has_object(&key, name).await, "{name} was stored by a worker without a lease");
+    }
+    assert!(containers_of(&key, &id).is_empty());
+}
+
+#[tokio::test]
+async fn a_docker_failure_is_retried_not_final() {
+    let Some(farm) = Farm::new("infra").await else { return };
+    let mut config = farm.config.clone();
+    // The image is not there and the recipe may not pull it: the farm's
+    // fault, not the build's.
+    config.recipes.get_mut("fail").unwrap().image = "kiln-test/absent:latest".into();
+    let mut spec = farm.spec("fail", "v1.0.0", &[]);
+    spec.recipe_revision = config.recipes["fail"].revision();
+    let key = farm.enqueue(&spec).await;
+
+    let id = format!("infra-{}", std::process::id());
+    let w = farm.start_worker(&id, Some(config), true).await;
+    let exit = tokio::time::timeout(crate::farm::PATIENCE, w).await.unwrap().unwrap().unwrap();
+    let Exit::Once(JobEnd::Errored(error)) = exit else { panic!("an infrastructure failure, got {exit:?}") };
+    assert!(error.contains("kiln-test/absent:latest"), "{error}");
+    let build = farm.build(&key).await;
+    assert_eq!(build.state, BuildState::Queued, "queued again for a retry");
+    assert_eq!(build.failure_kind, Some(FailureKind::Infrastructure));
+    assert_eq!(build.attempts, 1);
+}
