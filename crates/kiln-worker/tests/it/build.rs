@@ -220,3 +220,19 @@ async fn a_docker_failure_is_retried_not_final() {
     assert_eq!(build.failure_kind, Some(FailureKind::Infrastructure));
     assert_eq!(build.attempts, 1);
 }
+
+#[tokio::test]
+async fn a_cancelled_build_is_stopped() {
+    let Some(farm) = Farm::new("cancel").await else { return };
+    let key = farm.enqueue(&farm.spec("sleep", "v30.0.0", &[])).await;
+    let id = format!("cancel-{}", std::process::id());
+    let w = farm.start_worker(&id, None, true).await;
+    farm.wait_log(&key, "slept 1 of 30").await;
+
+    farm.queue.cancel(&key).await.unwrap();
+    let exit = tokio::time::timeout(crate::farm::PATIENCE, w).await.unwrap().unwrap().unwrap();
+    assert_eq!(exit, Exit::Once(JobEnd::Cancelled));
+    assert_eq!(farm.build(&key).await.state, BuildState::Cancelled);
+    assert!(!farm.has_object(&key, ObjectName::Artifact).await);
+    assert!(containers_of(&key, &id).is_empty());
+}
