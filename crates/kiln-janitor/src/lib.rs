@@ -1,1 +1,69 @@
-//! The janitor: migrations, rescue of lapsed leases, retries, expiry and pruning.
+//! The janitor keeps the farm healthy without anyone watching.
+//!
+//! - `migrate` applies the schema migrations ([`migrate`]);
+//! - `run` migrates, then runs the [`Task`]s on their cron schedules
+//!   ([`run`], [`schedule`]) while this process is the leader among
+//!   janitors (a Postgres advisory lock, see [`kiln_queue::Leadership`]);
+//! - `once` runs every task once and reports ([`once`]).
+//!
+//! The tasks ([`Janitor`]) are idempotent: rescue of lapsed leases, the
+//! retry nudge, gone workers, expiry of old builds (objects, then rows) and
+//! pruning of old rows. Each run logs one line
+//! (`task=rescue requeued=2 failed=0 elapsed_ms=3`) and is recorded in the
+//! `janitor_runs` table, which the API exports at `/metrics`. All SQL lives
+//! in kiln-queue; all object keys are made by kiln-storage.
+
+mod error;
+mod janitor;
+pub mod schedule;
+mod task;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use kiln_config::Config;
+use kiln_queue::{Queue, QueueSettings};
+use kiln_storage::Storage;
+
+pub use error::JanitorError;
+pub use janitor::{Janitor, JanitorSettings};
+pub use task::{Counts, Task, TaskReport};
+
+/// Apply pending migrations; returns the names of those applied. Safe to
+/// run from several processes at once.
+pub async fn migrate(config: &Config) -> Result<Vec<String>, JanitorError> {
+    Ok(kiln_queue::migrate(config.database.url.expose()).await?)
+}
+
+/// Connect to the (migrated) database and the object store.
+pub async fn connect(config: &Config, settings: JanitorSettings) -> Result<Janitor, JanitorError> {
+    let storage = Storage::from_config(&config.storage)?;
+    let queue = Queue::connect(
+        config.database.url.expose(),
+        config.database.max_connections,
+        QueueSettings::from(&config.queue),
+        &format!("kiln-janitor {}", settings.id),
+    )
+    .await?;
+    Ok(Janitor::new(queue, storage, settings))
+}
+
+/// `kiln-janitor run`: migrate, then run the schedules until `shutdown`.
+pub async fn run(
+    config: &Config,
+    settings: JanitorSettings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), JanitorError> {
+    schedule::check_schedules(&config.janitor.schedules)?;
+    let applied = migrate(config).await?;
+    tracing::info!(janitor = %settings.id, ?applied, "migrations applied");
+    let janitor = Arc::new(connect(config, settings).await?);
+    schedule::run_schedules(janitor, &config.janitor.schedules, shutdown).await
+}
+
+/// `kiln-janitor once`: every task once, in order; a failed task does not
+/// stop the others. Does not take the leader lock (the tasks are safe to
+/// run beside a leader's).
+pub async fn once(config: &Config, settings: JanitorSettings) -> Result<Vec<TaskReport>, JanitorError> {
+    Ok(connect(config, settings).await?.run_all().await)
+}

@@ -900,7 +900,11 @@ impl Queue {
 
     /// The janitors' leader lock for the janitor `holder` (see [`Leadership`]).
     pub fn leadership(&self, holder: &str) -> Leadership {
-        let options = (*self.pool.connect_options()).clone().application_name(&format!("kiln-janitor-leader {holder}"));
+        let options = (*self.pool.connect_options())
+            .clone()
+            .application_name(&format!("kiln-janitor-leader {holder}"))
+            // The server probes an idle peer after 10 s, every 5 s, 3 times.
+            .options([("tcp_keepalives_idle", "10"), ("tcp_keepalives_interval", "5"), ("tcp_keepalives_count", "3")]);
         Leadership { options, conn: None, leader: false }
     }
 }
@@ -931,7 +935,7 @@ impl Leadership {
     /// connection died, tries to take the lock. Errors mean "not leader".
     pub async fn check(&mut self) -> Result<bool, QueueError> {
         if self.leader {
-            match self.on_conn("SELECT true").await {
+            match self.on_conn(sqlx::query_scalar("SELECT true")).await {
                 Ok(_) => return Ok(true),
                 Err(e) => {
                     tracing::warn!(error = %e, "the leader lock's connection died: the lock is gone");
@@ -942,19 +946,12 @@ impl Leadership {
         }
         if self.conn.is_none() {
             use sqlx::Connection as _;
-            let mut conn =
-                tokio::time::timeout(LEADER_STATEMENT_LIMIT, sqlx::PgConnection::connect_with(&self.options))
-                    .await
-                    .map_err(|_| timed_out("connecting for the leader lock"))??;
-            sqlx::raw_sql(
-                "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3",
-            )
-            .execute(&mut conn)
-            .await?;
+            let conn = tokio::time::timeout(LEADER_STATEMENT_LIMIT, sqlx::PgConnection::connect_with(&self.options))
+                .await
+                .map_err(|_| timed_out("connecting for the leader lock"))??;
             self.conn = Some(conn);
         }
-        let sql = format!("SELECT pg_try_advisory_lock({JANITOR_LEADER_LOCK})");
-        match self.on_conn(&sql).await {
+        match self.on_conn(sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(JANITOR_LEADER_LOCK)).await {
             Ok(got) => {
                 self.leader = got;
                 Ok(got)
@@ -981,9 +978,12 @@ impl Leadership {
     }
 
     /// Run a one-boolean statement on the lock's connection, within the limit.
-    async fn on_conn(&mut self, sql: &str) -> Result<bool, QueueError> {
+    async fn on_conn(
+        &mut self,
+        query: sqlx::query::QueryScalar<'static, sqlx::Postgres, bool, sqlx::postgres::PgArguments>,
+    ) -> Result<bool, QueueError> {
         let Some(conn) = self.conn.as_mut() else { return Err(QueueError::Database(sqlx::Error::PoolClosed)) };
-        match tokio::time::timeout(LEADER_STATEMENT_LIMIT, sqlx::query_scalar(sql).fetch_one(&mut *conn)).await {
+        match tokio::time::timeout(LEADER_STATEMENT_LIMIT, query.fetch_one(conn)).await {
             Ok(r) => Ok(r?),
             Err(_) => Err(timed_out("a statement on the leader lock's connection")),
         }

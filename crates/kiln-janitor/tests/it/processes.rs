@@ -1,0 +1,219 @@
+//! Real `kiln-janitor` processes: migrations, `once`, leadership between two
+//! janitors, and rescuing a build from a worker killed in the middle of it.
+
+use std::process::Command;
+
+use kiln_domain::{AttemptOutcome, BuildSpec, BuildState};
+use kiln_queue::{JanitorRun, Queue, QueueSettings};
+use kiln_testkit::TestDb;
+use kiln_testkit::farm::{Farm, Proc, bin};
+
+use crate::support::{PATIENCE, lapse_all, spec, wait_for};
+
+/// A new, empty database beside `db`'s; returns its URL.
+async fn empty_database(db: &TestDb, tag: &str) -> String {
+    let name = format!("{}_{tag}", db.name());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(db.pool()).await.unwrap();
+    db.url().replace(&format!("/{}", db.name()), &format!("/{name}"))
+}
+
+fn wait_exit(p: &mut Proc) -> std::process::ExitStatus {
+    p.wait_timeout(PATIENCE).unwrap_or_else(|| panic!("{} did not exit:\n{}", p.label(), p.output()))
+}
+
+/// Versions recorded by refinery, in order.
+async fn schema_history(url: &str) -> Vec<i32> {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let v = sqlx::query_scalar("SELECT version FROM refinery_schema_history ORDER BY version")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    v
+}
+
+#[tokio::test]
+async fn migrate_twice_in_a_row_and_from_two_processes_at_once() {
+    let farm = Farm::new().await;
+    let all: Vec<i32> = (1..=kiln_queue::SCHEMA_VERSION as i32).collect();
+
+    let url = empty_database(&farm.db, "seq").await;
+    let mut first = farm.spawn_with("kiln-janitor", "migrate-1", &["migrate"], &[("DATABASE_URL", &url)]);
+    assert!(wait_exit(&mut first).success(), "{}", first.output());
+    assert!(first.output().contains("migrations applied: V1__initial, V2__janitor_runs"), "{}", first.output());
+    let mut second = farm.spawn_with("kiln-janitor", "migrate-2", &["migrate"], &[("DATABASE_URL", &url)]);
+    assert!(wait_exit(&mut second).success(), "{}", second.output());
+    assert!(second.output().contains("migrations applied: none (up to date)"), "{}", second.output());
+    assert_eq!(schema_history(&url).await, all);
+
+    let url = empty_database(&farm.db, "par").await;
+    let mut a = farm.spawn_with("kiln-janitor", "migrate-a", &["migrate"], &[("DATABASE_URL", &url)]);
+    let mut b = farm.spawn_with("kiln-janitor", "migrate-b", &["migrate"], &[("DATABASE_URL", &url)]);
+    assert!(wait_exit(&mut a).success(), "{}", a.output());
+    assert!(wait_exit(&mut b).success(), "{}", b.output());
+    let applied = [a.output(), b.output()].iter().filter(|o| o.contains("V1__initial, V2__janitor_runs")).count();
+    assert_eq!(applied, 1, "one process applied the migrations, the other found them applied");
+    assert_eq!(schema_history(&url).await, all, "one schema");
+    Queue::connect(&url, 2, QueueSettings::default(), "kiln-test").await.expect("the schema is current");
+}
+
+#[tokio::test]
+async fn once_runs_every_task_and_prints_json() {
+    let farm = Farm::new().await;
+    let queue = farm.db.queue(QueueSettings::default());
+    queue.enqueue(&spec("once", 1), 0).await.unwrap();
+    let claim = queue.claim("w", &[]).await.unwrap().unwrap();
+    lapse_all(&farm.db).await;
+
+    let out = Command::new(bin("kiln-janitor"))
+        .args(["once", "--json"])
+        .env_clear()
+        .envs(farm.env())
+        .env("KILN_JANITOR_ID", "once-janitor")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tasks: Vec<_> = reports.as_array().unwrap().iter().map(|r| r["task"].as_str().unwrap()).collect();
+    assert_eq!(tasks, ["rescue", "workers", "retry", "expiry", "prune"]);
+    assert_eq!(reports[0]["counts"]["requeued"], 1);
+    assert!(reports.as_array().unwrap().iter().all(|r| r["ok"] == true));
+    assert!(stderr.contains("task=rescue requeued=1 failed=0 cancelled=0"), "{stderr}");
+    assert_eq!(queue.get(&claim.lease.key).await.unwrap().unwrap().state, BuildState::Queued);
+    let runs = queue.janitor_runs().await.unwrap();
+    assert_eq!(runs.len(), 5);
+    assert!(runs.iter().all(|r| r.janitor_id == "once-janitor"));
+
+    // The human summary.
+    let out = Command::new(bin("kiln-janitor")).arg("once").env_clear().envs(farm.env()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("rescue   0 builds back in the queue"), "{stdout}");
+    assert_eq!(stdout.lines().count(), 5, "{stdout}");
+}
+
+/// The `janitor_runs` row of `task` once it has run at least `runs` times.
+async fn run_row(queue: &Queue, task: &str, runs: i64, who: Option<&str>) -> Option<JanitorRun> {
+    queue
+        .janitor_runs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.task == task && r.runs >= runs && who.is_none_or(|w| r.janitor_id == w))
+}
+
+#[tokio::test]
+async fn of_two_janitors_one_acts_and_the_other_takes_over_when_it_dies() {
+    let farm = Farm::new().await;
+    let queue = farm.db.queue(QueueSettings::default());
+    let mut janitors = vec![
+        farm.spawn_with("kiln-janitor", "janitor-a", &["run"], &[("KILN_JANITOR_ID", "janitor-a")]),
+        farm.spawn_with("kiln-janitor", "janitor-b", &["run"], &[("KILN_JANITOR_ID", "janitor-b")]),
+    ];
+    let logs = |js: &[Proc]| js.iter().map(|j| format!("--- {}\n{}", j.label(), j.output())).collect::<String>();
+
+    // Let the leader run the 2-second rescue task a few times.
+    let row = wait_for("three rescue runs", || logs(&janitors), || run_row(&queue, "rescue", 3, None)).await;
+    let leader = janitors.iter().position(|j| j.label() == row.janitor_id).expect("a known janitor leads");
+    let standby = 1 - leader;
+    let leader_log = janitors[leader].output();
+    let standby_log = janitors[standby].output();
+    assert!(leader_log.contains("leader: this janitor runs the tasks"), "{}", logs(&janitors));
+    assert!(leader_log.matches("task=rescue").count() >= 3, "{}", logs(&janitors));
+    assert!(standby_log.contains("standby: another janitor is the leader"), "{}", logs(&janitors));
+    let ran = |log: &str| kiln_janitor::Task::ALL.iter().any(|t| log.contains(&format!("task={t} ")));
+    assert!(!ran(&standby_log), "the standby ran nothing:\n{}", logs(&janitors));
+    let rows = queue.janitor_runs().await.unwrap();
+    assert!(rows.iter().all(|r| r.janitor_id == row.janitor_id), "every task ran on the leader: {rows:?}");
+
+    // SIGKILL the leader: its session ends, the lock with it.
+    janitors[leader].kill();
+    let standby_id = janitors[standby].label().to_owned();
+    let taken =
+        wait_for("the standby to take over", || logs(&janitors), || run_row(&queue, "rescue", 1, Some(&standby_id)))
+            .await;
+    assert_eq!(taken.janitor_id, standby_id);
+    assert!(janitors[standby].output().contains("leader: this janitor runs the tasks"), "{}", logs(&janitors));
+
+    // SIGTERM: the new leader stops cleanly and says it released the lock.
+    janitors[standby].signal("TERM");
+    let status = wait_exit(&mut janitors[standby]);
+    assert!(status.success(), "{}", logs(&janitors));
+    assert!(janitors[standby].output().contains("the leader lock is released"), "{}", logs(&janitors));
+}
+
+#[tokio::test]
+async fn a_build_whose_worker_is_killed_is_rescued_and_finished_by_another_worker() {
+    const TEST: &str = "a_build_whose_worker_is_killed_is_rescued_and_finished_by_another_worker";
+    if !kiln_testkit::docker_available(TEST) {
+        return;
+    }
+    let farm = Farm::new().await;
+    let config_path = kiln_testkit::repo_root().join("config.test.yml");
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    let env = farm.env().clone();
+    let config =
+        kiln_config::Config::parse(&text, &config_path.display().to_string(), &|k| env.get(k).cloned()).unwrap();
+    let queue = farm.db.queue(QueueSettings::from(&config.queue));
+    let spec = BuildSpec {
+        recipe: "sleep".into(),
+        recipe_revision: config.recipes["sleep"].revision(),
+        version: "v30.0.0".parse().unwrap(),
+        platform: "linux/amd64".parse().unwrap(),
+        plugins: vec![],
+        replacements: vec![],
+    };
+
+    let janitor = farm.spawn_with("kiln-janitor", "janitor", &["run"], &[("KILN_JANITOR_ID", "janitor")]);
+    let mut first = farm.start_worker("worker-1");
+    let key = queue.enqueue(&spec, 0).await.unwrap().build.key;
+    let context = || format!("--- janitor\n{}\n--- worker-1\n{}", janitor.output(), first.output());
+
+    // Well into the build on worker-1…
+    wait_for("worker-1 to be sleeping", context, || async {
+        let b = queue.get(&key).await.unwrap().unwrap();
+        let log = queue.log_text(&key).await.unwrap();
+        (b.state == BuildState::Running
+            && b.lease_holder.as_deref() == Some("worker-1")
+            && log.contains("slept 2 of 30"))
+        .then_some(())
+    })
+    .await;
+    // …it dies without a word.
+    first.kill();
+    let second = farm.start_worker("worker-2");
+    let context = || {
+        format!(
+            "--- janitor\n{}\n--- worker-1\n{}\n--- worker-2\n{}",
+            janitor.output(),
+            first.output(),
+            second.output()
+        )
+    };
+    let build = wait_for("the build to end", context, || async {
+        let b = queue.get(&key).await.unwrap().unwrap();
+        matches!(b.state, BuildState::Succeeded | BuildState::Failed | BuildState::Cancelled).then_some(b)
+    })
+    .await;
+    assert_eq!(build.state, BuildState::Succeeded, "{:?}\n{}", build.error, context());
+
+    let attempts = queue.attempts(&key).await.unwrap();
+    let summary: Vec<_> = attempts.iter().map(|a| (a.worker_id.as_str(), a.outcome)).collect();
+    assert_eq!(
+        summary,
+        vec![("worker-1", Some(AttemptOutcome::LeaseLapsed)), ("worker-2", Some(AttemptOutcome::Succeeded))],
+        "{}",
+        context()
+    );
+    assert!(janitor.output().contains("task=rescue requeued=1"), "{}", context());
+    let rescue = run_row(&queue, "rescue", 1, Some("janitor")).await.expect("rescue runs are recorded");
+    assert_eq!(rescue.totals["requeued"], 1);
+
+    // worker-1's step container was left running; don't leave it behind.
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("docker ps -aq --filter label=kiln.build={key} | xargs -r docker rm -f"))
+        .output();
+    drop(second);
+}
