@@ -47,7 +47,9 @@ async fn main() -> anyhow::Result<()> {
 
     let started = Instant::now();
     let mut stream = storage.get(&key, None).await.context("download")?.into_stream();
-    let mut dest = tokio::fs::File::create(out).await?;
+    // Buffered: S3 bodies arrive in small chunks, and each unbuffered write
+    // to a tokio file is a trip to the blocking pool.
+    let mut dest = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(out).await?);
     let mut bytes = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
