@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, Stream};
-use kiln_domain::BuildKey;
+use kiln_domain::{BuildKey, BuildState};
 use kiln_queue::{Notification, Queue};
 use kiln_storage::ObjectName;
 use tokio::sync::broadcast;
@@ -51,6 +51,11 @@ pub async fn log(
         // only have the live log left in the database.
         match serve::object(&state, &build, ObjectName::Log, &method, &headers, Extra::default()).await {
             Err(e) if e.status == StatusCode::NOT_FOUND => {}
+            Ok(mut resp) if build.state != BuildState::Succeeded => {
+                // A failed or cancelled build may be retried, which rewrites its log.
+                resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                return Ok(resp);
+            }
             other => return other,
         }
     }

@@ -256,6 +256,22 @@ async fn a_compat_wait_runs_out_with_504_and_admins_cancel_queued_and_running_bu
     assert_eq!(end["state"], "cancelled", "{end}\n{}", f.logs());
 }
 
+#[tokio::test]
+async fn a_client_that_hangs_up_does_not_cancel_its_build() {
+    need_docker!("a_client_that_hangs_up_does_not_cancel_its_build");
+    let f = ApiFarm::with_worker(&[]).await;
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(1500)).build().unwrap();
+    let q = "/api/compat?recipe=sleep&version=v5.0.0&os=linux&arch=amd64";
+    assert!(impatient.get(f.url(q)).send().await.unwrap_err().is_timeout());
+    let key: String =
+        sqlx::query_scalar("SELECT key FROM builds").fetch_one(f.farm.db.pool()).await.expect("the build was queued");
+    let end = f.wait_final(&key).await;
+    assert_eq!(end["state"], "succeeded", "{end}\n{}", f.logs());
+    let again = f.get(q).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.text().await.unwrap(), "done\n");
+}
+
 /// One Server-Sent Event.
 #[derive(Debug, Clone, PartialEq)]
 struct Sse {
