@@ -30,8 +30,9 @@ const DEFAULT_PART_SIZE: usize = 16 * 1024 * 1024;
 const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 /// Parts in flight at once during a multipart upload.
 const MAX_CONCURRENT_PARTS: usize = 4;
-/// Read size when streaming local files and upload sources.
-const READ_CHUNK: usize = 1024 * 1024;
+/// Read size when streaming local files and upload sources. Every read of a
+/// tokio file is a trip to the blocking pool, so reads are large.
+const READ_CHUNK: usize = 4 * 1024 * 1024;
 /// The longest lifetime S3 allows a presigned URL.
 const MAX_PRESIGN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Whole-request limit for S3 calls. A GET is one request however long its
@@ -258,9 +259,10 @@ impl Storage {
 
     /// Upload the file at `path` as the object `key`.
     pub async fn put_file(&self, key: &ObjectKey, path: &Path) -> Result<PutOutcome, StorageError> {
-        let file = tokio::fs::File::open(path)
+        let mut file = tokio::fs::File::open(path)
             .await
             .map_err(|source| StorageError::Source { path: path.to_path_buf(), source })?;
+        file.set_max_buf_size(READ_CHUNK);
         self.put_reader(key, file).await
     }
 
@@ -507,6 +509,7 @@ fn local_file_stream(
     let io_err = move |source: std::io::Error| StorageError::Source { path: path.clone(), source };
     stream::once(async move {
         let mut file = tokio::fs::File::from_std(file);
+        file.set_max_buf_size(READ_CHUNK);
         file.seek(std::io::SeekFrom::Start(range.start)).await?;
         Ok::<_, std::io::Error>(ReaderStream::with_capacity(file.take(range.end - range.start), READ_CHUNK))
     })
