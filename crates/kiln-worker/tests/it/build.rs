@@ -134,7 +134,7 @@ async fn a_step_past_its_timeout_is_killed() {
     let mut config = farm.config.clone();
     config.recipes.get_mut("sleep").unwrap().steps[0].timeout_secs = 2;
     // The key must be made from the recipe the worker runs.
-    let mut spec = farm.spec("sleep", "v30.0.0", &[]);
+    let mut spec = farm.spec("sleep", "v30.0.1", &[]);
     spec.recipe_revision = config.recipes["sleep"].revision();
     let key = farm.enqueue(&spec).await;
 
@@ -153,7 +153,7 @@ async fn a_step_past_its_timeout_is_killed() {
 #[tokio::test]
 async fn the_live_log_is_readable_while_the_build_runs() {
     let Some(farm) = Farm::new("live-log").await else { return };
-    let key = farm.enqueue(&farm.spec("sleep", "v5.0.0", &[])).await;
+    let key = farm.enqueue(&farm.spec("sleep", "v5.0.1", &[])).await;
     let w = farm.start_worker(&format!("live-{}", std::process::id()), None, true).await;
 
     let log = farm.wait_log(&key, "slept 1 of 5").await;
@@ -176,7 +176,7 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
 #[tokio::test]
 async fn a_worker_that_lost_its_lease_stores_and_reports_nothing() {
     let Some(farm) = Farm::new("lease-lost").await else { return };
-    let key = farm.enqueue(&farm.spec("sleep", "v5.0.0", &[])).await;
+    let key = farm.enqueue(&farm.spec("sleep", "v5.0.2", &[])).await;
     let id = format!("lease-lost-{}", std::process::id());
     let w = farm.start_worker(&id, None, true).await;
     farm.wait_log(&key, "slept 1 of 5").await;
@@ -224,7 +224,7 @@ async fn a_docker_failure_is_retried_not_final() {
 #[tokio::test]
 async fn a_cancelled_build_is_stopped() {
     let Some(farm) = Farm::new("cancel").await else { return };
-    let key = farm.enqueue(&farm.spec("sleep", "v30.0.0", &[])).await;
+    let key = farm.enqueue(&farm.spec("sleep", "v30.0.2", &[])).await;
     let id = format!("cancel-{}", std::process::id());
     let w = farm.start_worker(&id, None, true).await;
     farm.wait_log(&key, "slept 1 of 30").await;

@@ -45,7 +45,7 @@ async fn assert_completed_elsewhere(farm: &Farm, key: &BuildKey, name: &str) {
 async fn the_file_detector_stops_the_real_binary() {
     let Some(farm) = Farm::new("preempt-file").await else { return };
     let flag = farm.dir.path().join("preempted");
-    let key = farm.enqueue(&farm.spec("sleep", "v30.0.0", &[])).await;
+    let key = farm.enqueue(&farm.spec("sleep", "v30.0.3", &[])).await;
     let id = format!("preempt-file-{}", std::process::id());
     let mut child =
         farm.spawn_worker(&id, &[("KILN_PREEMPTION", "file"), ("KILN_PREEMPTION_FILE", flag.to_str().unwrap())]);
@@ -137,14 +137,14 @@ async fn serve(metadata: Metadata) -> SocketAddr {
 
 /// A worker in this process with `detector` pointed at the stand-in runs a
 /// long build; once the stand-in says so, it hands the build back and exits.
-async fn cloud_preemption(name: &str, detector: PreemptionDetector) {
+async fn cloud_preemption(name: &str, detector: PreemptionDetector, patch: u32) {
     let Some(farm) = Farm::new(name).await else { return };
     let metadata = Metadata::default();
     let addr = serve(metadata.clone()).await;
     let mut config = farm.config.clone();
     config.worker.preemption.detector = detector;
     config.worker.preemption.url = Some(format!("http://{addr}"));
-    let key = farm.enqueue(&farm.spec("sleep", "v30.0.0", &[])).await;
+    let key = farm.enqueue(&farm.spec("sleep", &format!("v30.0.{patch}"), &[])).await;
     let id = format!("{name}-{}", std::process::id());
     let worker = farm.start_worker(&id, Some(config), false).await;
 
@@ -162,15 +162,15 @@ async fn cloud_preemption(name: &str, detector: PreemptionDetector) {
 
 #[tokio::test]
 async fn gce_preemption() {
-    cloud_preemption("preempt-gce", PreemptionDetector::Gce).await;
+    cloud_preemption("preempt-gce", PreemptionDetector::Gce, 4).await;
 }
 
 #[tokio::test]
 async fn aws_spot_interruption() {
-    cloud_preemption("preempt-aws", PreemptionDetector::Aws).await;
+    cloud_preemption("preempt-aws", PreemptionDetector::Aws, 5).await;
 }
 
 #[tokio::test]
 async fn azure_preempt_event() {
-    cloud_preemption("preempt-azure", PreemptionDetector::Azure).await;
+    cloud_preemption("preempt-azure", PreemptionDetector::Azure, 6).await;
 }

@@ -11,7 +11,7 @@ use crate::farm::{Farm, containers_of, sigterm, wait_exit};
 #[tokio::test]
 async fn sigterm_hands_back_a_build_that_outlasts_the_grace() {
     let Some(farm) = Farm::new("sigterm-handback").await else { return };
-    let key = farm.enqueue(&farm.spec("sleep", "v5.0.0", &[])).await;
+    let key = farm.enqueue(&farm.spec("sleep", "v5.0.3", &[])).await;
     let id = format!("sigterm-handback-{}", std::process::id());
     let mut child = farm.spawn_worker(&id, &[("KILN_SHUTDOWN_GRACE", "1")]);
 
@@ -35,7 +35,7 @@ async fn sigterm_hands_back_a_build_that_outlasts_the_grace() {
 #[tokio::test]
 async fn sigterm_lets_a_build_finish_within_the_grace() {
     let Some(farm) = Farm::new("sigterm-finish").await else { return };
-    let key = farm.enqueue(&farm.spec("sleep", "v5.0.0", &[])).await;
+    let key = farm.enqueue(&farm.spec("sleep", "v5.0.4", &[])).await;
     let id = format!("sigterm-finish-{}", std::process::id());
     let mut child = farm.spawn_worker(&id, &[("KILN_SHUTDOWN_GRACE", "120")]);
 
