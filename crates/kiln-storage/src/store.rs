@@ -19,7 +19,7 @@ use object_store::{
     Attribute, Attributes, ClientOptions, GetOptions, GetRange, GetResultPayload, ObjectStore, PutMultipartOptions,
     PutOptions, PutPayload, WriteMultipart,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncRead;
 use tokio_util::io::ReaderStream;
 
 use crate::{ObjectKey, ObjectName, StorageError};
@@ -31,8 +31,10 @@ const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 /// Parts in flight at once during a multipart upload.
 const MAX_CONCURRENT_PARTS: usize = 4;
 /// Read size when streaming local files and upload sources. Every read of a
-/// tokio file is a trip to the blocking pool, so reads are large.
+/// file is a trip to the blocking pool, so reads are large.
 const READ_CHUNK: usize = 4 * 1024 * 1024;
+/// Chunks of a local file read ahead of the consumer.
+const READ_AHEAD: usize = 2;
 /// The longest lifetime S3 allows a presigned URL.
 const MAX_PRESIGN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Whole-request limit for S3 calls. A GET is one request however long its
@@ -259,11 +261,10 @@ impl Storage {
 
     /// Upload the file at `path` as the object `key`.
     pub async fn put_file(&self, key: &ObjectKey, path: &Path) -> Result<PutOutcome, StorageError> {
-        let mut file = tokio::fs::File::open(path)
-            .await
-            .map_err(|source| StorageError::Source { path: path.to_path_buf(), source })?;
-        file.set_max_buf_size(READ_CHUNK);
-        self.put_reader(key, file).await
+        let source = |source| StorageError::Source { path: path.to_path_buf(), source };
+        let file = tokio::fs::File::open(path).await.map_err(source)?;
+        let len = file.metadata().await.map_err(source)?.len();
+        self.put_stream(key, file_chunks(file.into_std().await, 0..len)).await
     }
 
     /// Upload everything `reader` yields as the object `key`.
@@ -500,22 +501,38 @@ fn object_info(name: ObjectName, meta: &object_store::ObjectMeta, attrs: &Attrib
     ObjectInfo { name, size: meta.size, etag: meta.e_tag.clone(), content_type, last_modified: meta.last_modified }
 }
 
-/// Stream `range` of a local file in large chunks.
+/// `range` of a local file as a stream of large chunks, read with positioned
+/// reads on the blocking pool, [`READ_AHEAD`] chunks in flight: reading runs
+/// ahead of the consumer, and no thread is held while the consumer is slow.
+fn file_chunks(file: std::fs::File, range: Range<u64>) -> impl Stream<Item = std::io::Result<Bytes>> + Send + Unpin {
+    use std::os::unix::fs::FileExt;
+
+    let file = Arc::new(file);
+    let offsets = (range.start..range.end).step_by(READ_CHUNK);
+    stream::iter(offsets)
+        .map(move |offset| {
+            let file = file.clone();
+            let len = (range.end - offset).min(READ_CHUNK as u64) as usize;
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; len];
+                    file.read_exact_at(&mut buf, offset)?;
+                    Ok(Bytes::from(buf))
+                })
+                .await
+                .map_err(std::io::Error::other)?
+            }
+        })
+        .buffered(READ_AHEAD)
+}
+
+/// Stream `range` of a local object's file.
 fn local_file_stream(
     file: std::fs::File,
     path: PathBuf,
     range: Range<u64>,
 ) -> BoxStream<'static, Result<Bytes, StorageError>> {
-    let io_err = move |source: std::io::Error| StorageError::Source { path: path.clone(), source };
-    stream::once(async move {
-        let mut file = tokio::fs::File::from_std(file);
-        file.set_max_buf_size(READ_CHUNK);
-        file.seek(std::io::SeekFrom::Start(range.start)).await?;
-        Ok::<_, std::io::Error>(ReaderStream::with_capacity(file.take(range.end - range.start), READ_CHUNK))
-    })
-    .try_flatten()
-    .map_err(io_err)
-    .boxed()
+    file_chunks(file, range).map_err(move |source| StorageError::Source { path: path.clone(), source }).boxed()
 }
 
 #[cfg(test)]
