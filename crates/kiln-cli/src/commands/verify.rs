@@ -29,8 +29,7 @@ pub async fn run(args: Args, server: impl FnOnce() -> anyhow::Result<Server>) ->
         Some(k) => key_from_arg(k)?,
         None => fetch_key(&server()?).await?,
     };
-    let signature = std::fs::read_to_string(&args.signature)
-        .with_context(|| format!("reading the signature {}", args.signature.display()))?;
+    let signature = read_signature(&args.signature)?;
     let open = || {
         std::fs::File::open(&args.artifact).with_context(|| format!("reading the artifact {}", args.artifact.display()))
     };
@@ -61,6 +60,20 @@ pub async fn run(args: Args, server: impl FnOnce() -> anyhow::Result<Server>) ->
         }
         Err(e) => Err(e).with_context(|| format!("verifying {}", args.artifact.display())),
     }
+}
+
+/// A `.minisig` file is a few hundred bytes; anything far larger is not one.
+const MAX_SIGNATURE_BYTES: u64 = 64 * 1024;
+
+fn read_signature(path: &Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let context = || format!("reading the signature {}", path.display());
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SIGNATURE_BYTES + 1).read_to_string(&mut text))
+        .with_context(context)?;
+    anyhow::ensure!(text.len() as u64 <= MAX_SIGNATURE_BYTES, "{}: too large for a signature", path.display());
+    Ok(text)
 }
 
 /// `--key`: the base64 key itself, else the path of a key file.
