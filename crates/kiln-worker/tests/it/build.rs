@@ -236,3 +236,33 @@ async fn a_cancelled_build_is_stopped() {
     assert!(!farm.has_object(&key, ObjectName::Artifact).await);
     assert!(containers_of(&key, &id).is_empty());
 }
+
+#[tokio::test]
+async fn hello_is_stored_in_s3() {
+    let Some(farm) = Farm::new("hello-s3").await else { return };
+    let s3 = kiln_testkit::s3::S3Server::start();
+    let mut config = farm.config.clone();
+    config.storage = s3.storage_config("builds/");
+    let spec = farm.spec("hello", "v1.2.0-beta.1", &[("example.com/greet", "v0.1.0")]);
+    let key = farm.enqueue(&spec).await;
+
+    let w = farm.start_worker(&format!("hello-s3-{}", std::process::id()), Some(config.clone()), true).await;
+    let exit = tokio::time::timeout(crate::farm::PATIENCE, w).await.unwrap().unwrap().unwrap();
+    assert_eq!(exit, Exit::Once(JobEnd::Succeeded));
+
+    let storage = kiln_storage::Storage::from_config(&config.storage).unwrap();
+    let get = async |name| storage.get_bytes(&kiln_storage::ObjectKey::new(&key, name)).await.unwrap().to_vec();
+    let tar = get(ObjectName::Artifact).await;
+    let sig = String::from_utf8(get(ObjectName::Signature).await).unwrap();
+    kiln_artifact::verify(&farm.public_key, Cursor::new(&tar), &sig).expect("the signature verifies");
+    let hello = get(ObjectName::Binary).await;
+    assert_eq!(kiln_artifact::extract_file(&tar[..], "hello").unwrap(), hello);
+    let text = String::from_utf8(hello).unwrap();
+    assert!(text.contains("hello from kiln v1.2.0-beta.1 linux/amd64"), "{text}");
+    assert!(text.contains("plugin example.com/greet@v0.1.0"), "{text}");
+    let manifest: Value = serde_json::from_slice(&get(ObjectName::Manifest).await).unwrap();
+    assert_eq!(manifest["artifact"]["sha256"], sha256_hex(&tar));
+    assert!(String::from_utf8(get(ObjectName::Log).await).unwrap().contains("==> [1/1] build"));
+    // Nothing went to the local directory.
+    assert!(!farm.has_object(&key, ObjectName::Artifact).await);
+}

@@ -13,4 +13,5 @@ mod build;
 mod farm;
 mod isolation;
 mod preemption;
+mod recipes;
 mod shutdown;
