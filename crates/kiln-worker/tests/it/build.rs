@@ -266,3 +266,35 @@ async fn hello_is_stored_in_s3() {
     // Nothing went to the local directory.
     assert!(!farm.has_object(&key, ObjectName::Artifact).await);
 }
+
+#[tokio::test]
+async fn a_worker_runs_up_to_its_concurrency_at_once() {
+    let Some(farm) = Farm::new("concurrency").await else { return };
+    let mut config = farm.config.clone();
+    config.worker.concurrency = 2;
+    let keys = [
+        farm.enqueue(&farm.spec("sleep", "v5.0.5", &[])).await,
+        farm.enqueue(&farm.spec("sleep", "v5.0.6", &[])).await,
+    ];
+    let id = format!("concurrency-{}", std::process::id());
+    let w = farm.start_stoppable(&id, config).await;
+
+    // Both run at the same time on the one worker.
+    for key in &keys {
+        farm.wait_log(key, "slept 1 of 5").await;
+    }
+    for key in &keys {
+        let b = farm.build(key).await;
+        assert_eq!((b.state, b.lease_holder.as_deref()), (BuildState::Running, Some(id.as_str())));
+    }
+    for key in &keys {
+        farm.wait_log(key, "==> done").await;
+    }
+    w.shutdown.cancel();
+    let exit = tokio::time::timeout(crate::farm::PATIENCE, w.task).await.unwrap().unwrap().unwrap();
+    assert_eq!(exit, Exit::Stopped);
+    for key in &keys {
+        assert_eq!(farm.build(key).await.state, BuildState::Succeeded);
+    }
+    assert_eq!(farm.queue.worker(&id).await.unwrap().unwrap().state, kiln_domain::WorkerState::Stopped);
+}

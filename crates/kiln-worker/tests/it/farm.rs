@@ -37,6 +37,12 @@ pub struct Farm {
 /// A worker running in this process.
 pub type InProcess = JoinHandle<Result<Exit, kiln_worker::WorkerError>>;
 
+/// A worker running in this process, and the token that shuts it down.
+pub struct Stoppable {
+    pub task: InProcess,
+    pub shutdown: CancellationToken,
+}
+
 impl Farm {
     /// `None` (after a loud `SKIPPED` line) when Docker is unavailable.
     pub async fn new(name: &str) -> Option<Farm> {
@@ -116,6 +122,17 @@ impl Farm {
         tokio::spawn(async move {
             worker.run(RunOptions { once }, CancellationToken::new(), CancellationToken::new()).await
         })
+    }
+
+    /// Start a worker in this process that runs until shut down.
+    pub async fn start_stoppable(&self, id: &str, config: Config) -> Stoppable {
+        let mut config = config;
+        config.worker.id = Some(id.to_owned());
+        let worker = Worker::start(config).await.expect("the worker starts");
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        let task = tokio::spawn(async move { worker.run(RunOptions::default(), s, CancellationToken::new()).await });
+        Stoppable { task, shutdown }
     }
 
     /// Run one job on a fresh in-process worker and return how it ended.
