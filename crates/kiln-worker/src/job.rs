@@ -154,12 +154,14 @@ pub struct StepTiming {
 /// Run the claimed job to its end and report that end to the queue.
 pub async fn run(ctx: &JobContext, claim: Claim, control: Arc<JobControl>) -> JobEnd {
     let lease = claim.lease.clone();
-    let heartbeat = tokio::spawn(heartbeat(
+    // Aborted however this future ends, even when it is dropped: a heartbeat
+    // that outlived its job would hold the lease forever.
+    let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat(
         ctx.queue.clone(),
         lease.clone(),
         Duration::from_secs(ctx.config.worker.heartbeat_secs.max(1)),
         control.clone(),
-    ));
+    )));
     let (log_tx, log_rx) = mpsc::channel::<Bytes>(256);
     let pump = tokio::spawn(log::pump(ctx.queue.clone(), lease.clone(), log_rx));
 
@@ -187,9 +189,17 @@ pub async fn run(ctx: &JobContext, claim: Claim, control: Arc<JobControl>) -> Jo
             (attempt.report(f, &record).await, record)
         }
     };
-    heartbeat.abort();
     tracing::info!(build = %lease.key, attempt = lease.attempt_id, end = ?end, log_bytes = record.text.len(), "job ended");
     end
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A queue error while reporting the end of a job.
