@@ -49,7 +49,7 @@ async fn main() -> ExitCode {
     match main_with(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kiln-janitor: {e:#}");
+            eprintln!("kiln-janitor: {}", message(&e));
             ExitCode::FAILURE
         }
     }
@@ -85,6 +85,19 @@ async fn main_with(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The error and its causes, each said once (some errors quote their source).
+fn message(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.contains(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
 }
 
 /// `<host>-<pid>`.

@@ -968,9 +968,16 @@ impl Leadership {
         self.leader
     }
 
-    /// Step down: close the connection, which releases the lock at once.
+    /// Step down: unlock (so a standby's next check wins), then close the
+    /// connection (which would release the lock anyway, a moment later).
     pub async fn release(&mut self) {
         use sqlx::Connection as _;
+        if self.leader {
+            let unlock = sqlx::query_scalar("SELECT pg_advisory_unlock($1)").bind(JANITOR_LEADER_LOCK);
+            if let Err(e) = self.on_conn(unlock).await {
+                tracing::warn!(error = %e, "unlocking the leader lock failed; closing its connection releases it");
+            }
+        }
         self.leader = false;
         if let Some(conn) = self.conn.take() {
             let _ = conn.close().await;
