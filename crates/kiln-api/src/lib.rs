@@ -32,6 +32,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
@@ -83,6 +84,12 @@ pub async fn run(
         tracing::info!("shutting down: no new connections");
         let _ = tx.send(true);
     };
+    // Small answers go out at once instead of waiting on delayed ACKs (Nagle).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(signal).into_future();
     tokio::pin!(server);
     let mut rx = rx;

@@ -46,12 +46,9 @@ pub async fn object(
     extra: Extra,
 ) -> ApiResult<Response> {
     let key = &build.key;
-    let info = state.object_info(key, name).await.map_err(|e| gone(e, build, name))?;
-    let etag = etag(build, name, &info);
-    let mut resp_headers = HeaderMap::new();
-    resp_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
-    resp_headers.insert(header::ETAG, HeaderValue::from_str(&etag).expect("an ETag is ASCII"));
-    resp_headers.insert(BUILD_KEY_HEADER, HeaderValue::from_str(key.as_str()).expect("a key is ASCII"));
+    let facts = state.object_facts(build, name).await.map_err(|e| gone(e, build, name))?;
+    let etag = &facts.etag;
+    let mut resp_headers = facts.headers.clone();
     if let Some(f) = &extra.filename {
         let v = format!("attachment; filename={f}");
         resp_headers.insert(header::CONTENT_DISPOSITION, HeaderValue::from_str(&v).expect("a checked file name"));
@@ -63,7 +60,7 @@ pub async fn object(
     }
 
     if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
-        && etag_list_matches(inm, &etag)
+        && etag_list_matches(inm, etag)
     {
         return Ok((StatusCode::NOT_MODIFIED, resp_headers).into_response());
     }
@@ -78,12 +75,8 @@ pub async fn object(
         return Ok((StatusCode::SEE_OTHER, h).into_response());
     }
 
-    resp_headers.insert(header::CONTENT_TYPE, content_type(&info));
-    resp_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    resp_headers.insert(header::LAST_MODIFIED, http_date(info.last_modified));
-
-    let size = info.size;
-    let range = wanted_range(headers, &etag, size);
+    let size = facts.info.size;
+    let range = wanted_range(headers, etag, size);
     let (status, range) = match range {
         RangeWanted::Whole => (StatusCode::OK, 0..size),
         RangeWanted::Part(r) => {
@@ -104,6 +97,10 @@ pub async fn object(
     resp_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(range.end - range.start));
     if method == Method::HEAD || range.is_empty() {
         return Ok((status, resp_headers).into_response());
+    }
+    if let Some(bytes) = &facts.small {
+        let part = bytes.slice(range.start as usize..range.end as usize);
+        return Ok((status, resp_headers, part).into_response());
     }
     let partial = status == StatusCode::PARTIAL_CONTENT;
     let stream = state
@@ -134,6 +131,18 @@ fn presigning(state: &AppState) -> bool {
     state.storage().kind() == StorageKind::S3
         && state.storage().can_presign()
         && state.config().storage.s3.as_ref().is_some_and(|s| s.presign)
+}
+
+/// The headers of every answer with an object (not the per-request ones).
+pub fn object_headers(build: &Build, info: &ObjectInfo, etag: &str) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(12);
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+    h.insert(header::ETAG, HeaderValue::from_str(etag).expect("an ETag is ASCII"));
+    h.insert(BUILD_KEY_HEADER, HeaderValue::from_str(build.key.as_str()).expect("a key is ASCII"));
+    h.insert(header::CONTENT_TYPE, content_type(info));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::LAST_MODIFIED, http_date(info.last_modified));
+    h
 }
 
 fn content_type(info: &ObjectInfo) -> HeaderValue {

@@ -9,9 +9,12 @@
 //! When the object turns out to be gone, the entry is dropped.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::http::HeaderMap;
+use bytes::Bytes;
 use kiln_config::Config;
 use kiln_domain::{BuildKey, BuildState, Recipe};
 use kiln_queue::{Build, Notification, Notifier, Queue, channels};
@@ -26,6 +29,11 @@ use crate::resolve::Resolver;
 pub const HOT_TTL: Duration = Duration::from_secs(10);
 /// The most builds kept hot.
 const HOT_MAX: usize = 4096;
+/// Objects up to this size are kept in memory with their hot build.
+pub const SMALL_OBJECT: u64 = 64 * 1024;
+/// The most bytes of small objects kept in memory (HOT_MAX builds would
+/// otherwise allow far more).
+const SMALL_BUDGET: usize = 32 * 1024 * 1024;
 
 /// Shared state of the API. Cheap to clone.
 #[derive(Clone)]
@@ -39,6 +47,8 @@ struct Inner {
     resolver: Resolver,
     metrics: Metrics,
     hot: Mutex<HashMap<BuildKey, Hot>>,
+    /// Bytes of small objects held in `hot`.
+    hot_bytes: std::sync::atomic::AtomicUsize,
     watcher: tokio::task::JoinHandle<()>,
 }
 
@@ -52,7 +62,25 @@ impl Drop for Inner {
 struct Hot {
     at: Instant,
     build: Arc<Build>,
-    objects: HashMap<ObjectName, ObjectInfo>,
+    objects: HashMap<ObjectName, Arc<ObjectFacts>>,
+}
+
+impl Hot {
+    fn small_bytes(&self) -> usize {
+        self.objects.values().filter_map(|o| o.small.as_ref()).map(Bytes::len).sum()
+    }
+}
+
+/// What serving one stored object needs, worked out once per hot build.
+#[derive(Debug)]
+pub struct ObjectFacts {
+    pub info: ObjectInfo,
+    /// The strong ETag, quoted.
+    pub etag: String,
+    /// The headers every answer with the object carries.
+    pub headers: HeaderMap,
+    /// The whole object, when it is small (and the memory budget allows).
+    pub small: Option<Bytes>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -70,7 +98,17 @@ impl AppState {
         let rx = notifier.subscribe();
         Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
             let watcher = tokio::spawn(watch_durations(weak.clone(), rx));
-            Inner { config, queue, storage, notifier, resolver, metrics, hot: Mutex::new(HashMap::new()), watcher }
+            Inner {
+                config,
+                queue,
+                storage,
+                notifier,
+                resolver,
+                metrics,
+                hot: Mutex::new(HashMap::new()),
+                hot_bytes: Default::default(),
+                watcher,
+            }
         })
         .into()
     }
@@ -150,37 +188,65 @@ impl AppState {
             if hot.len() >= HOT_MAX {
                 hot.clear();
             }
+            self.recount(&hot);
         }
-        hot.insert(build.key.clone(), Hot { at: Instant::now(), build, objects: HashMap::new() });
+        let old = hot.insert(build.key.clone(), Hot { at: Instant::now(), build, objects: HashMap::new() });
+        if let Some(old) = old {
+            self.0.hot_bytes.fetch_sub(old.small_bytes(), Ordering::Relaxed);
+        }
+    }
+
+    fn recount(&self, hot: &HashMap<BuildKey, Hot>) {
+        self.0.hot_bytes.store(hot.values().map(Hot::small_bytes).sum(), Ordering::Relaxed);
     }
 
     /// Forget a build whose objects are gone.
     pub fn forget(&self, key: &BuildKey) {
-        self.0.hot.lock().expect("hot lock").remove(key);
+        let mut hot = self.0.hot.lock().expect("hot lock");
+        if let Some(old) = hot.remove(key) {
+            self.0.hot_bytes.fetch_sub(old.small_bytes(), Ordering::Relaxed);
+        }
     }
 
-    /// Size and ETag of an object of a succeeded build, cached with the build.
-    pub async fn object_info(&self, key: &BuildKey, name: ObjectName) -> ApiResult<ObjectInfo> {
+    /// Size, ETag, headers (and for small objects the bytes) of an object
+    /// of a succeeded build, cached with the build.
+    pub async fn object_facts(&self, build: &Build, name: ObjectName) -> ApiResult<Arc<ObjectFacts>> {
+        let key = &build.key;
         {
             let hot = self.0.hot.lock().expect("hot lock");
-            if let Some(info) = hot.get(key).filter(|h| h.at.elapsed() < HOT_TTL).and_then(|h| h.objects.get(&name)) {
-                return Ok(info.clone());
+            if let Some(f) = hot.get(key).filter(|h| h.at.elapsed() < HOT_TTL).and_then(|h| h.objects.get(&name)) {
+                return Ok(f.clone());
             }
         }
-        let info = match self.0.storage.head(&ObjectKey::new(key, name)).await {
-            Ok(info) => info,
-            Err(e) => {
-                if e.is_not_found() {
-                    self.forget(key);
-                }
-                return Err(e.into());
+        let object = ObjectKey::new(key, name);
+        let not_found = |e: kiln_storage::StorageError| {
+            if e.is_not_found() {
+                self.forget(key);
             }
+            ApiError::from(e)
         };
+        let info = self.0.storage.head(&object).await.map_err(not_found)?;
+        let small = if info.size <= SMALL_OBJECT
+            && self.0.hot_bytes.load(Ordering::Relaxed) + info.size as usize <= SMALL_BUDGET
+        {
+            let bytes = self.0.storage.get_bytes(&object).await.map_err(not_found)?;
+            (bytes.len() as u64 == info.size).then_some(bytes)
+        } else {
+            None
+        };
+        let etag = crate::serve::etag(build, name, &info);
+        let headers = crate::serve::object_headers(build, &info, &etag);
+        let facts = Arc::new(ObjectFacts { info, etag, headers, small });
         let mut hot = self.0.hot.lock().expect("hot lock");
-        if let Some(h) = hot.get_mut(key) {
-            h.objects.insert(name, info.clone());
+        if let Some(h) = hot.get_mut(key)
+            && !h.objects.contains_key(&name)
+        {
+            if let Some(b) = &facts.small {
+                self.0.hot_bytes.fetch_add(b.len(), Ordering::Relaxed);
+            }
+            h.objects.insert(name, facts.clone());
         }
-        Ok(info)
+        Ok(facts)
     }
 
     /// Are the database and the object store reachable?
