@@ -1,9 +1,14 @@
 //! `kiln`: the command-line client of a Kiln build farm.
 //!
 //! This file only parses the command line and maps the outcome to an exit
-//! status; each subcommand lives in its own module under `commands/`.
+//! status ([`error::exit_code`]); each subcommand lives in its own module
+//! under `commands/`.
 
+mod api;
 mod commands;
+mod error;
+mod fetch;
+mod progress;
 mod server;
 
 use std::process::ExitCode;
@@ -13,11 +18,23 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = commands::Cli::parse();
-    match commands::run(cli).await {
+    let json = cli.json;
+    let outcome = tokio::select! {
+        outcome = commands::run(cli) => outcome,
+        // Dropping the command's future removes its temporary files.
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("kiln: interrupted (a submitted build goes on on the server)");
+            return ExitCode::from(130);
+        }
+    };
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kiln: {e:#}");
-            ExitCode::from(commands::EXIT_ERROR)
+            if json {
+                println!("{}", error::error_json(&e));
+            }
+            ExitCode::from(error::exit_code(&e))
         }
     }
 }

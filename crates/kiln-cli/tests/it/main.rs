@@ -1,5 +1,7 @@
 //! Integration tests of the built `kiln` binary.
 
+mod client;
+mod farm;
 mod keygen;
 mod verify;
 
