@@ -1,6 +1,7 @@
 //! [`Janitor`]: the tasks themselves, each one idempotent, over the queue
 //! and the object store.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -193,6 +194,9 @@ impl Janitor {
         }
         let mut failures_in_a_row = 0;
         let mut first_error = None;
+        // Builds this run already tried and could not remove: not tried again
+        // until the next run (each page lists the oldest expirable builds).
+        let mut passed_over = HashSet::new();
         for _ in 0..MAX_PAGES {
             let page = self
                 .queue
@@ -201,6 +205,9 @@ impl Janitor {
                 .map_err(|e| Partial { counts: counts.clone(), error: e.to_string() })?;
             let mut progress = false;
             for build in &page {
+                if passed_over.contains(&build.key) {
+                    continue;
+                }
                 let deleted = AtomicUsize::new(0);
                 let removal = self
                     .queue
@@ -220,8 +227,12 @@ impl Janitor {
                         counts.add("objects_deleted", deleted.load(Ordering::Relaxed) as i64);
                         tracing::debug!(key = %build.key, state = %build.state.as_str(), objects = deleted.load(Ordering::Relaxed), "build expired");
                     }
-                    Removal::Skipped => counts.add("skipped", 1),
+                    Removal::Skipped => {
+                        passed_over.insert(build.key.clone());
+                        counts.add("skipped", 1);
+                    }
                     Removal::Kept(e) => {
+                        passed_over.insert(build.key.clone());
                         counts.add("storage_errors", 1);
                         failures_in_a_row += 1;
                         tracing::warn!(key = %build.key, error = %e, "expiry: storage failed; the build is kept for the next run");

@@ -127,15 +127,21 @@ async fn expiry_with_storage_unreachable_keeps_the_row_for_the_next_run() {
     s.storage_timeout = Duration::from_secs(5);
     let j = janitor_with(&db, unreachable, s);
     let q = j.queue();
-    let key = finished(&db, q, "long", 1, BuildState::Succeeded, 25).await;
+    let mut keys = Vec::new();
+    for n in 0..4 {
+        keys.push(finished(&db, q, "long", n, BuildState::Succeeded, 25).await);
+    }
 
     let r = j.run(Task::Expiry).await;
     assert!(!r.ok, "a storage failure makes the run fail: {r:?}");
-    assert_eq!((r.counts.get("expired"), r.counts.get("storage_errors")), (0, 1));
+    // Three failures in a row: storage is down, the run stops there.
+    assert_eq!((r.counts.get("expired"), r.counts.get("storage_errors")), (0, 3));
     assert!(r.error.as_deref().unwrap().contains("storage"), "{r:?}");
-    let b = q.get(&key).await.unwrap().expect("the row stays");
-    assert_eq!(b.state, BuildState::Succeeded);
-    assert_eq!(q.attempts(&key).await.unwrap().len(), 1, "and so do its attempts");
+    for key in &keys {
+        let b = q.get(key).await.unwrap().expect("the row stays");
+        assert_eq!(b.state, BuildState::Succeeded);
+        assert_eq!(q.attempts(key).await.unwrap().len(), 1, "and so do its attempts");
+    }
     let runs = q.janitor_runs().await.unwrap();
     assert_eq!((runs[0].ok, runs[0].failures), (false, 1), "the failure is visible to /metrics");
 
@@ -144,6 +150,8 @@ async fn expiry_with_storage_unreachable_keeps_the_row_for_the_next_run() {
     let j = janitor(&db, storage);
     let r = j.run(Task::Expiry).await;
     assert!(r.ok, "{r:?}");
-    assert_eq!(r.counts.get("expired"), 1);
-    assert!(q.get(&key).await.unwrap().is_none());
+    assert_eq!(r.counts.get("expired"), 4);
+    for key in &keys {
+        assert!(q.get(key).await.unwrap().is_none());
+    }
 }
