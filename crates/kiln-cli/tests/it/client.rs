@@ -248,3 +248,58 @@ fn malformed_arguments_are_refused_before_any_request() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("neither a minisign public key"), "{}", text(&out.stderr));
 }
+
+/// The file under `dir` (at any depth) whose path ends with `suffix`.
+fn find(dir: &Path, suffix: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()? {
+        let path = entry.ok()?.path();
+        if path.is_dir() {
+            if let Some(found) = find(&path, suffix) {
+                return Some(found);
+            }
+        } else if path.to_string_lossy().ends_with(suffix) {
+            return Some(path);
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn an_artifact_altered_in_the_store_is_never_written() {
+    need_docker!("an_artifact_altered_in_the_store_is_never_written");
+    let f = CliFarm::start(true).await;
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({"recipe": "hello", "os": "linux", "arch": "amd64"});
+    let build: serde_json::Value =
+        http.post(format!("{}/api/builds", f.farm.url())).json(&body).send().await.unwrap().json().await.unwrap();
+    let key = build["key"].as_str().unwrap().to_owned();
+    let mut state = build["state"].as_str().unwrap().to_owned();
+    for _ in 0..10 {
+        if state != "queued" && state != "running" {
+            break;
+        }
+        let url = format!("{}/api/builds/{key}?wait=30", f.farm.url());
+        let b: serde_json::Value = http.get(url).send().await.unwrap().json().await.unwrap();
+        state = b["state"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(state, "succeeded", "{}", f.logs());
+
+    // Alter one byte of the stored TAR (inside the binary, same length) before it is ever served.
+    let stored = find(f.farm.data.path(), &format!("{key}/artifact.tar")).expect("the stored artifact");
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[520] ^= 0x20;
+    std::fs::write(&stored, bytes).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for args in [vec!["download", &key, "-o", "bin"], vec!["download", &key, "--artifact", "-o", "bin.tar"]] {
+        let out = f.kiln_in(d, &args);
+        assert_eq!(out.status.code(), Some(1), "{}", f.explain(&out));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("does not carry a good signature") && stderr.contains("nothing was written"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(files(d), Vec::<String>::new());
+}
