@@ -159,7 +159,9 @@ async fn a_build_whose_worker_is_killed_is_rescued_and_finished_by_another_worke
     let spec = BuildSpec {
         recipe: "sleep".into(),
         recipe_revision: config.recipes["sleep"].revision(),
-        version: "v30.0.0".parse().unwrap(),
+        // A version of its own: build keys are shared by content, and other
+        // tests must never see (or clean up) this test's containers.
+        version: "v30.0.9".parse().unwrap(),
         platform: "linux/amd64".parse().unwrap(),
         plugins: vec![],
         replacements: vec![],
@@ -227,7 +229,9 @@ async fn a_build_whose_worker_is_killed_is_rescued_and_finished_by_another_worke
     // worker-1's step container was left running; don't leave it behind.
     let _ = Command::new("sh")
         .arg("-c")
-        .arg(format!("docker ps -aq --filter label=kiln.build={key} | xargs -r docker rm -f"))
+        .arg(format!(
+            "docker ps -aq --filter label=kiln.build={key} --filter label=kiln.worker=worker-1 | xargs -r docker rm -f"
+        ))
         .output();
     drop(second);
 }
