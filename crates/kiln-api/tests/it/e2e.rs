@@ -177,7 +177,7 @@ async fn post_long_poll_then_artifact_signature_log_and_ranges() {
 #[tokio::test]
 async fn a_failed_build_is_answered_422_until_its_ttl_passes() {
     need_docker!("a_failed_build_is_answered_422_until_its_ttl_passes");
-    let ttl = 4;
+    let ttl = 8;
     let f = ApiFarm::with_worker(&[("KILN_FAILURE_TTL", &ttl.to_string())]).await;
     let q = "/api/compat?recipe=fail&os=linux&arch=amd64";
     let first = f.get(q).await;

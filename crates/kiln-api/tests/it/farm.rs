@@ -27,6 +27,7 @@ pub fn test_config(vars: &[(&str, String)]) -> Config {
 pub struct InProc {
     pub db: TestDb,
     pub dir: tempfile::TempDir,
+    pub state: AppState,
     pub app: Router,
 }
 
@@ -75,7 +76,7 @@ impl InProc {
         let queue = db.queue(QueueSettings::from(&config.queue));
         let state = AppState::new(config, queue, storage);
         let app = kiln_api::app(state.clone());
-        InProc { db, dir, app }
+        InProc { db, dir, state, app }
     }
 
     pub async fn call(&self, req: Request<Body>) -> Answer {

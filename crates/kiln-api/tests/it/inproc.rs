@@ -115,6 +115,21 @@ async fn unknown_and_malformed_keys_and_routes() {
         }
     }
     api.get("/nope").await.error(404, "no_route");
+    // A client's request id is echoed, in the header and in error bodies.
+    let a = api
+        .call(
+            Request::get(format!("/api/builds/{unknown}"))
+                .header("x-request-id", "trace-42")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.headers["x-request-id"], "trace-42");
+    assert_eq!(a.error(404, "unknown_build")["error"]["id"], "trace-42");
+    let a = api
+        .call(Request::get("/healthz").header("x-request-id", "no spaces allowed").body(Body::empty()).unwrap())
+        .await;
+    assert_ne!(a.headers["x-request-id"], "no spaces allowed");
     api.call(Request::put("/api/recipes").body(Body::empty()).unwrap()).await.error(405, "method_not_allowed");
     api.get(&format!("/api/builds/{unknown}?wait=x")).await.error(400, "invalid_wait");
 }
@@ -292,4 +307,39 @@ async fn an_unreachable_database_is_a_503() {
     api.post("/api/builds", r#"{"recipe": "hello", "os": "linux", "arch": "amd64"}"#)
         .await
         .error(503, "database_unavailable");
+}
+
+#[tokio::test]
+async fn run_serves_a_socket_and_stops_on_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = InProc::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(kiln_api::run(listener, api.state.clone(), async {
+        let _ = stopped.await;
+    }));
+    let raw = |request: &'static [u8]| async move {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    // Raw bytes that are not even ASCII in the request line: hyper refuses
+    // the URI itself (400, before any handler); the server lives on.
+    let answer = raw(
+        b"GET /api/compat?recipe=hello&os=linux&arch=amd64&p=\xff\xfe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // Percent-encoded, they reach the handler: 400 JSON naming the parameter.
+    let answer = raw(
+        b"GET /api/compat?recipe=hello&os=linux&arch=amd64&p=%ff%fe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains(r#""code":"invalid_encoding""#) && answer.contains(r#""field":"p""#), "{answer}");
+    let _ = stop.send(());
+    tokio::time::timeout(std::time::Duration::from_secs(15), server).await.unwrap().unwrap().unwrap();
 }
