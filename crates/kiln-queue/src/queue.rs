@@ -63,17 +63,25 @@ macro_rules! fence {
     };
 }
 
-/// The statement that ends an attempt: `$set` applied to the build under
-/// the fence, the lease cleared. Parameters `$1..$3` are the lease's.
+/// The one statement that ends an attempt: `$set` and `$finished` (the
+/// `finished_at` of a final state, else NULL) applied to the build under the
+/// fence, the lease cleared, and the attempt row closed with outcome `$4`
+/// and error `$5`. Parameters `$1..$3` are the lease's; `$set` may use `$5`
+/// and further ones from `$6`.
 macro_rules! end_attempt_sql {
-    ($set:literal) => {
+    ($set:literal, finished = $finished:literal) => {
         concat!(
-            "UPDATE builds SET ",
+            "WITH ended AS (UPDATE builds SET ",
             $set,
+            ", finished_at = ",
+            $finished,
             ", lease_holder = NULL, lease_attempt = NULL, lease_expires_at = NULL, cancel_requested = false, \
              updated_at = now() WHERE ",
             fence!(),
-            " RETURNING state::text, run_at"
+            " RETURNING state, run_at), \
+             closed AS (UPDATE build_attempts SET ended_at = now(), outcome = $4::attempt_outcome, error = $5 \
+             WHERE id = $2 AND EXISTS (SELECT 1 FROM ended)) \
+             SELECT state::text, run_at FROM ended"
         )
     };
 }
@@ -341,7 +349,10 @@ impl Queue {
 
     /// The build succeeded: record what was stored. Fenced.
     pub async fn complete(&self, lease: &Lease, artifact: &serde_json::Value) -> Result<(), QueueError> {
-        let sql = end_attempt_sql!("state = 'succeeded', artifact = $4, error = NULL, failure_kind = NULL");
+        let sql = end_attempt_sql!(
+            "state = 'succeeded', artifact = $6, error = NULL, failure_kind = NULL",
+            finished = "now()"
+        );
         self.end_attempt(lease, sql, AttemptOutcome::Succeeded, None, |q| q.bind(artifact)).await.map(drop)
     }
 
@@ -349,8 +360,8 @@ impl Queue {
     /// not retried; the same request is answered from this result until the
     /// failure TTL passes. Fenced.
     pub async fn fail_build(&self, lease: &Lease, error: &str) -> Result<(), QueueError> {
-        let sql = end_attempt_sql!("state = 'failed', error = $4, failure_kind = 'build'");
-        self.end_attempt(lease, sql, AttemptOutcome::Failed, Some(error), |q| q.bind(error)).await.map(drop)
+        let sql = end_attempt_sql!("state = 'failed', error = $5, failure_kind = 'build'", finished = "now()");
+        self.end_attempt(lease, sql, AttemptOutcome::Failed, Some(error), |q| q).await.map(drop)
     }
 
     /// An infrastructure failure (Docker, storage, network): queued again
@@ -359,17 +370,16 @@ impl Queue {
     pub async fn fail_infra(&self, lease: &Lease, error: &str) -> Result<RetryOutcome, QueueError> {
         let sql = end_attempt_sql!(
             "state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END::build_state,
-             run_at = now() + least(make_interval(secs => $6),
-                                    make_interval(secs => $5) * power(2, greatest(attempts - 1, 0))),
-             error = $4, failure_kind = 'infrastructure'"
+             run_at = now() + least(make_interval(secs => $7),
+                                    make_interval(secs => $6) * power(2, greatest(attempts - 1, 0))),
+             error = $5, failure_kind = 'infrastructure'",
+            finished = "CASE WHEN attempts >= max_attempts THEN now() END"
         );
         let base = secs(self.settings.backoff_base);
         let max = secs(self.settings.backoff_max);
-        let row = self
-            .end_attempt(lease, sql, AttemptOutcome::Errored, Some(error), |q| q.bind(error).bind(base).bind(max))
-            .await?;
-        let state: String = row.0;
-        Ok(if state == "failed" { RetryOutcome::GaveUp } else { RetryOutcome::WillRetry { run_at: row.1 } })
+        let (state, run_at) =
+            self.end_attempt(lease, sql, AttemptOutcome::Errored, Some(error), |q| q.bind(base).bind(max)).await?;
+        Ok(if state == "failed" { RetryOutcome::GaveUp } else { RetryOutcome::WillRetry { run_at } })
     }
 
     /// Give the job back unfinished (preemption or shutdown): claimable again
@@ -380,21 +390,22 @@ impl Queue {
             "attempts = greatest(attempts - 1, 0), preemptions = preemptions + 1, run_at = now(),
              state = CASE WHEN preemptions + 1 > max_preemptions THEN 'failed' ELSE 'queued' END::build_state,
              error = CASE WHEN preemptions + 1 > max_preemptions
-                          THEN 'handed back too many times (preemption or shutdown): ' || $4 ELSE error END,
-             failure_kind = CASE WHEN preemptions + 1 > max_preemptions THEN 'infrastructure' ELSE failure_kind END"
+                          THEN 'handed back too many times (preemption or shutdown): ' || $5 ELSE error END,
+             failure_kind = CASE WHEN preemptions + 1 > max_preemptions THEN 'infrastructure' ELSE failure_kind END",
+            finished = "CASE WHEN preemptions + 1 > max_preemptions THEN now() END"
         );
-        self.end_attempt(lease, sql, why.outcome(), Some(note), |q| q.bind(note)).await.map(drop)
+        self.end_attempt(lease, sql, why.outcome(), Some(note), |q| q).await.map(drop)
     }
 
     /// The worker stopped a build whose cancellation it learnt of. Fenced.
     pub async fn acknowledge_cancel(&self, lease: &Lease) -> Result<(), QueueError> {
-        let sql = end_attempt_sql!("state = 'cancelled', error = 'cancelled by an administrator'");
+        let sql = end_attempt_sql!("state = 'cancelled', error = 'cancelled by an administrator'", finished = "now()");
         self.end_attempt(lease, sql, AttemptOutcome::Cancelled, Some("cancelled"), |q| q).await.map(drop)
     }
 
-    /// End the current attempt: run `sql` (from `end_attempt_sql!`), stamp
-    /// a final state's `finished_at`, close the attempt row; all in one
-    /// transaction. `bind` adds the statement's parameters from `$4` on.
+    /// End the current attempt with `sql` (from `end_attempt_sql!`): one
+    /// statement, one round trip. `bind` adds its parameters from `$6` on.
+    /// Returns the build's new state and `run_at`.
     async fn end_attempt<'q>(
         &self,
         lease: &'q Lease,
@@ -405,23 +416,13 @@ impl Queue {
             sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
         ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     ) -> Result<(String, DateTime<Utc>), QueueError> {
-        let sql_final =
-            "UPDATE builds SET finished_at = now() WHERE key = $1 AND state IN ('succeeded', 'failed', 'cancelled')";
-        let mut tx = self.pool.begin().await?;
-        let query = sqlx::query(sql).bind(lease.key.as_str()).bind(lease.attempt_id).bind(&lease.worker_id);
-        let Some(row) = bind(query).fetch_optional(&mut *tx).await? else {
-            return Err(lost(lease));
-        };
-        sqlx::query(sql_final).bind(lease.key.as_str()).execute(&mut *tx).await?;
-        sqlx::query(
-            "UPDATE build_attempts SET ended_at = now(), outcome = $2::attempt_outcome, error = $3 WHERE id = $1",
-        )
-        .bind(lease.attempt_id)
-        .bind(outcome.as_str())
-        .bind(error)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let query = sqlx::query(sql)
+            .bind(lease.key.as_str())
+            .bind(lease.attempt_id)
+            .bind(&lease.worker_id)
+            .bind(outcome.as_str())
+            .bind(error);
+        let row = bind(query).fetch_optional(&self.pool).await?.ok_or_else(|| lost(lease))?;
         Ok((row.try_get(0)?, row.try_get(1)?))
     }
 

@@ -95,6 +95,10 @@ async fn a_build_failure_is_final_and_answers_until_its_ttl() {
     assert_eq!(again.outcome, EnqueueOutcome::Existing);
     assert_eq!(again.build.state, BuildState::Failed);
     assert_eq!(again.build.error.as_deref(), Some("step build exited with code 3"));
+    assert!(again.build.finished_at.is_some(), "a final state is stamped");
+    let attempts = queue.attempts(&s.key()).await.unwrap();
+    assert_eq!(attempts[0].outcome, Some(kiln_domain::AttemptOutcome::Failed));
+    assert_eq!(attempts[0].error.as_deref(), Some("step build exited with code 3"));
     assert!(queue.claim("w", &[]).await.unwrap().is_none(), "a final failure is not retried");
 
     // Once the failure TTL has passed, the same request builds afresh.
@@ -134,6 +138,7 @@ async fn infrastructure_failures_back_off_then_give_up() {
             let kiln_queue::RetryOutcome::WillRetry { run_at } = outcome else { panic!("should retry") };
             assert!(run_at > chrono::Utc::now(), "retried after a backoff");
             assert!(queue.claim("w", &[]).await.unwrap().is_none(), "not claimable during backoff");
+            assert!(queue.get(&s.key()).await.unwrap().unwrap().finished_at.is_none(), "not final yet");
         } else {
             assert_eq!(outcome, kiln_queue::RetryOutcome::GaveUp);
         }
