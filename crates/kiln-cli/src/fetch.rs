@@ -79,9 +79,16 @@ impl Written {
 
 /// The key to trust: `--key` (checked before anything is downloaded), else the server's.
 pub async fn trusted_key(server: &Server, arg: Option<&str>) -> anyhow::Result<PublicKey> {
-    let Some(arg) = arg else {
-        return api::signing_key(server).await.context("fetching the server's signing key");
-    };
+    match arg {
+        Some(arg) => key_from_arg(arg),
+        None => api::signing_key(server).await.context(
+            "fetching the server's signing key (pass --key PATH, or --server / KILN_SERVER for another server)",
+        ),
+    }
+}
+
+/// `--key`: the base64 key itself, else the path of a key file.
+pub fn key_from_arg(arg: &str) -> anyhow::Result<PublicKey> {
     match PublicKey::parse(arg) {
         Ok(key) => Ok(key),
         Err(_) if Path::new(arg).is_file() => Ok(PublicKey::from_file(Path::new(arg)).context("--key")?),

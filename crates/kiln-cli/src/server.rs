@@ -85,18 +85,6 @@ impl Server {
         let typed = serde_json::from_value(raw.clone()).map_err(|e| Failure::Protocol(format!("{url}: {e}")))?;
         Ok((typed, raw))
     }
-
-    /// `GET path` as text; a non-success status is an error that quotes the body.
-    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
-        let url = self.url(path)?;
-        let res = self.http.get(url.clone()).send().await.with_context(|| format!("GET {url}"))?;
-        let status = res.status();
-        let body = res.text().await.with_context(|| format!("GET {url}"))?;
-        if !status.is_success() {
-            bail!("GET {url}: {status}: {}", body.trim());
-        }
-        Ok(body)
-    }
 }
 
 /// The next chunk of `res`'s body, or `None` at its end; a connection that

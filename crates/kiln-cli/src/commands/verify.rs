@@ -1,13 +1,14 @@
 //! `kiln verify ARTIFACT SIGNATURE [--key PUB]`: check a minisign signature.
 //!
 //! Exit 0 when the signature is good, 1 when it is not (altered artifact,
-//! another key, malformed signature), 2 when the check could not run.
+//! another key, malformed signature), 2 when the check could not run (a
+//! missing file or key), 3 when the server's key could not be fetched.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kiln_artifact::{ArtifactError, PublicKey};
+use kiln_artifact::ArtifactError;
 
 use super::EXIT_FAILED;
 use crate::server::Server;
@@ -25,9 +26,10 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, server: impl FnOnce() -> anyhow::Result<Server>) -> anyhow::Result<ExitCode> {
+    // The server is only needed (and its URL only checked) without --key.
     let key = match &args.key {
-        Some(k) => key_from_arg(k)?,
-        None => fetch_key(&server()?).await?,
+        Some(k) => crate::fetch::key_from_arg(k)?,
+        None => crate::fetch::trusted_key(&server()?, None).await?,
     };
     let signature = read_signature(&args.signature)?;
     let open = || {
@@ -74,25 +76,4 @@ fn read_signature(path: &Path) -> anyhow::Result<String> {
         .with_context(context)?;
     anyhow::ensure!(text.len() as u64 <= MAX_SIGNATURE_BYTES, "{}: too large for a signature", path.display());
     Ok(text)
-}
-
-/// `--key`: the base64 key itself, else the path of a key file.
-fn key_from_arg(arg: &str) -> anyhow::Result<PublicKey> {
-    if let Ok(key) = PublicKey::parse(arg) {
-        return Ok(key);
-    }
-    let path = Path::new(arg);
-    if !path.exists() {
-        anyhow::bail!("--key {arg:?} is neither a minisign public key nor an existing file");
-    }
-    PublicKey::from_file(path).context("--key")
-}
-
-async fn fetch_key(server: &Server) -> anyhow::Result<PublicKey> {
-    let text = server
-        .get_text("api/signing-key")
-        .await
-        .context("fetching the signing key (pass --key PATH, or --server / KILN_SERVER for another server)")?;
-    let url = server.url("api/signing-key")?;
-    PublicKey::parse(&text).with_context(|| format!("{url} did not serve a minisign public key"))
 }

@@ -110,7 +110,7 @@ fn kiln_verify_accepts_what_minisign_itself_signs() {
 fn without_a_key_or_a_reachable_server_verify_says_what_to_do() {
     let s = signed();
     let out = kiln(&["verify", path(&s.artifact), path(&s.signature), "--server", "http://127.0.0.1:1"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(3), "an unreachable server is exit 3, as everywhere in kiln");
     let stderr = text(&out.stderr);
     assert!(stderr.contains("signing key") && stderr.contains("--key"), "{stderr}");
 
