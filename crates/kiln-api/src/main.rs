@@ -21,16 +21,26 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // KILN_LOG_FORMAT=json: one JSON object per line, for log collectors.
+    if std::env::var("KILN_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     match serve(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kiln-api: {e:#}");
+            // The chain, leaving out causes a message already quotes.
+            let mut text = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !text.contains(&c) {
+                    text = format!("{text}: {c}");
+                }
+            }
+            eprintln!("kiln-api: {text}");
             ExitCode::FAILURE
         }
     }
