@@ -4,7 +4,9 @@
 //! Both read the `build_events` table the workers append to and wake on
 //! `NOTIFY kiln_events`/`kiln_builds` (subscribed before the first read).
 //! A stream ends once the build is in a final state and every event before
-//! that has been sent. Event ids are the table's ids, so a client that
+//! that has been sent; the event stream then sends a last `result` event,
+//! the build as JSON (with no `id`: it is not a row, so a reconnect after it
+//! replays nothing and ends with the same `result`). Event ids are the table's ids, so a client that
 //! reconnects with `Last-Event-ID` gets exactly what it missed.
 
 use std::convert::Infallible;
@@ -26,6 +28,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::query::RawQuery as Query;
 use crate::routes::builds::KeyPath;
 use crate::serve::{self, Extra};
+use crate::views::BuildView;
 use crate::wait::next_change;
 
 /// Rows read per query while catching up.
@@ -136,7 +139,8 @@ pub async fn events(
     };
     let rx = state.subscribe();
     state.build(&key).await?;
-    let st = Events { queue: state.queue().clone(), key, rx, last, pending: Vec::new(), done: false };
+    let queue = state.queue().clone();
+    let st = Events { state, queue, key, rx, last, pending: Vec::new(), done: false };
     let stream = stream::unfold(st, |mut st| async move {
         loop {
             if let Some(ev) = st.pending.pop() {
@@ -165,6 +169,12 @@ pub async fn events(
                     let more = st.queue.events_after(&st.key, st.last, 1).await.map(|r| !r.is_empty());
                     if !matches!(more, Ok(true)) {
                         st.done = true;
+                        // The end: the build as JSON, without an id (it is no row).
+                        if let Ok(Some(b)) = st.queue.get(&st.key).await
+                            && let Ok(json) = serde_json::to_string(&BuildView::new(&st.state, &b))
+                        {
+                            st.pending.push(Event::default().event("result").data(json));
+                        }
                         continue;
                     }
                 }
@@ -184,6 +194,7 @@ pub async fn events(
 }
 
 struct Events {
+    state: AppState,
     queue: Queue,
     key: BuildKey,
     rx: broadcast::Receiver<Notification>,

@@ -365,7 +365,13 @@ async fn log_follow_and_events_stream_a_running_build_and_resume_without_gaps() 
     while let Some(e) = second.next().await {
         seen.push(e);
     }
-    let end = seen.last().unwrap();
+    let result = seen.last().unwrap();
+    assert_eq!(result.event, "result", "{result:?}");
+    assert_eq!(result.id, None);
+    let result: serde_json::Value = serde_json::from_str(&result.data).unwrap();
+    assert_eq!(result["state"], "cancelled");
+    assert_eq!(result["key"], key.as_str());
+    let end = &seen[seen.len() - 2];
     assert_eq!(end.event, "state", "{end:?}");
     assert!(end.data.contains("cancelled"), "{end:?}");
     while let Some(chunk) = tokio::time::timeout(Duration::from_secs(60), log.next()).await.expect("log ends") {
@@ -379,8 +385,9 @@ async fn log_follow_and_events_stream_a_running_build_and_resume_without_gaps() 
     while let Some(e) = all.next().await {
         replay.push(e);
     }
-    let ids = |v: &[Sse]| v.iter().map(|e| e.id.unwrap()).collect::<Vec<_>>();
+    let ids = |v: &[Sse]| v.iter().filter_map(|e| e.id).collect::<Vec<_>>();
     assert_eq!(ids(&seen), ids(&replay));
+    assert!(ids(&seen).windows(2).all(|w| w[0] < w[1]), "{:?}", ids(&seen));
     assert_eq!(seen, replay);
     assert!(replay.iter().any(|e| e.event == "step_started"), "{replay:?}");
 }
