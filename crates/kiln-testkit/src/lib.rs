@@ -11,6 +11,7 @@
 
 mod db;
 pub mod farm;
+pub mod rows;
 pub mod s3;
 
 pub use db::TestDb;

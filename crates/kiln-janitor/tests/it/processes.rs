@@ -8,7 +8,7 @@ use kiln_queue::{JanitorRun, Queue, QueueSettings};
 use kiln_testkit::TestDb;
 use kiln_testkit::farm::{Farm, Proc, bin};
 
-use crate::support::{PATIENCE, lapse_all, spec, wait_for};
+use crate::support::{PATIENCE, spec, wait_for};
 
 /// A new, empty database beside `db`'s; returns its URL.
 async fn empty_database(db: &TestDb, tag: &str) -> String {
@@ -63,7 +63,7 @@ async fn once_runs_every_task_and_prints_json() {
     let queue = farm.db.queue(QueueSettings::default());
     queue.enqueue(&spec("once", 1), 0).await.unwrap();
     let claim = queue.claim("w", &[]).await.unwrap().unwrap();
-    lapse_all(&farm.db).await;
+    farm.db.lapse_all_leases().await;
 
     let out = Command::new(bin("kiln-janitor"))
         .args(["once", "--json"])

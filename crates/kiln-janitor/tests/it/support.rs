@@ -3,29 +3,18 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kiln_domain::{BuildKey, BuildSpec, BuildState, Version};
+use kiln_domain::{BuildKey, BuildState};
 use kiln_janitor::{Janitor, JanitorSettings};
 use kiln_queue::{ExpiryPolicy, Queue, QueueSettings};
 use kiln_storage::{ObjectKey, ObjectName, Storage};
 use kiln_testkit::TestDb;
+pub use kiln_testkit::rows::spec;
 
 pub const HOUR: Duration = Duration::from_secs(3600);
 
 /// Longest a test waits for something that should happen in seconds: a
 /// guard against hangs, not a timing assertion.
 pub const PATIENCE: Duration = Duration::from_secs(180);
-
-/// A distinct resolved spec per `n`.
-pub fn spec(recipe: &str, n: u64) -> BuildSpec {
-    BuildSpec {
-        recipe: recipe.into(),
-        recipe_revision: "test".into(),
-        version: Version::parse("version", &format!("v1.0.{n}")).unwrap(),
-        platform: "linux/amd64".parse().unwrap(),
-        plugins: vec![],
-        replacements: vec![],
-    }
-}
 
 pub fn queue_settings() -> QueueSettings {
     QueueSettings {
@@ -69,14 +58,6 @@ pub fn janitor_with(db: &TestDb, storage: Storage, settings: JanitorSettings) ->
 pub fn local_storage() -> (Storage, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     (Storage::local(dir.path()).unwrap(), dir)
-}
-
-/// Make every running lease lapse now, as if time had passed.
-pub async fn lapse_all(db: &TestDb) {
-    sqlx::query("UPDATE builds SET lease_expires_at = now() - interval '1 second' WHERE state = 'running'")
-        .execute(db.pool())
-        .await
-        .unwrap();
 }
 
 /// A build of `recipe` taken through the queue to `state` by worker `w`

@@ -9,7 +9,7 @@ use kiln_queue::{Notification, Notifier, WorkerInfo, channels};
 use kiln_storage::ObjectName;
 use kiln_testkit::TestDb;
 
-use crate::support::{finished, janitor, lapse_all, local_storage, spec, store_objects};
+use crate::support::{finished, janitor, local_storage, spec, store_objects};
 
 fn counts(r: &kiln_janitor::TaskReport) -> Vec<(&'static str, i64)> {
     r.counts.iter().collect()
@@ -66,7 +66,7 @@ async fn rescue_fails_a_build_for_good_at_max_attempts() {
     for attempt in 1..=3 {
         let claim = q.claim(&format!("w{attempt}"), &[]).await.unwrap().expect("claimable again at once");
         assert_eq!(claim.attempts, attempt);
-        lapse_all(&db).await;
+        db.lapse_all_leases().await;
         let r = j.run(Task::Rescue).await;
         let want = if attempt < 3 { ("requeued", 1) } else { ("failed", 1) };
         assert!(counts(&r).contains(&want), "attempt {attempt}: {r:?}");

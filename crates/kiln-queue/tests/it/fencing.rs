@@ -4,7 +4,7 @@ use kiln_domain::{AttemptOutcome, BuildState, WorkerState};
 use kiln_queue::{HandBack, QueueError, WorkerInfo};
 use kiln_testkit::TestDb;
 
-use crate::support::{lapse_all, settings, spec};
+use crate::support::{settings, spec};
 
 fn is_lost<T: std::fmt::Debug>(r: Result<T, QueueError>) -> bool {
     matches!(r, Err(QueueError::LeaseLost { .. }))
@@ -18,7 +18,7 @@ async fn a_rescued_worker_cannot_complete_fail_or_heartbeat_the_new_attempt() {
     queue.enqueue(&s, 0).await.unwrap();
     let old = queue.claim("old", &[]).await.unwrap().unwrap();
 
-    lapse_all(db.pool()).await;
+    db.lapse_all_leases().await;
     // Lapsed but not yet rescued: already fenced out.
     assert!(is_lost(queue.heartbeat(&old.lease).await));
     let report = queue.rescue_lapsed().await.unwrap();
@@ -63,7 +63,7 @@ async fn rescue_requeues_lapsed_jobs_and_fails_those_out_of_attempts() {
         if attempt == 1 {
             queue.append_log(&claim.lease, "first try\n").await.unwrap();
         }
-        lapse_all(db.pool()).await;
+        db.lapse_all_leases().await;
         let report = queue.rescue_lapsed().await.unwrap();
         if attempt < 3 {
             assert_eq!(report.requeued, vec![s.key().to_string()]);
@@ -128,7 +128,7 @@ async fn a_lapse_on_a_preempted_worker_counts_as_a_preemption() {
     queue.enqueue(&s, 0).await.unwrap();
     queue.claim("spot", &[]).await.unwrap().unwrap();
     queue.set_worker_state("spot", WorkerState::Preempted, Some("gce preempted")).await.unwrap();
-    lapse_all(db.pool()).await;
+    db.lapse_all_leases().await;
     queue.rescue_lapsed().await.unwrap();
     let b = queue.get(&s.key()).await.unwrap().unwrap();
     assert_eq!((b.state, b.attempts, b.preemptions), (BuildState::Queued, 0, 1));

@@ -2,20 +2,8 @@
 
 use std::time::Duration;
 
-use kiln_domain::{BuildSpec, Version};
 use kiln_queue::QueueSettings;
-
-/// A distinct resolved spec per `n`.
-pub fn spec(recipe: &str, n: u64) -> BuildSpec {
-    BuildSpec {
-        recipe: recipe.into(),
-        recipe_revision: "test".into(),
-        version: Version::parse("version", &format!("v1.0.{n}")).unwrap(),
-        platform: "linux/amd64".parse().unwrap(),
-        plugins: vec![],
-        replacements: vec![],
-    }
-}
+pub use kiln_testkit::rows::spec;
 
 pub fn settings() -> QueueSettings {
     QueueSettings {
@@ -26,12 +14,4 @@ pub fn settings() -> QueueSettings {
         backoff_max: Duration::from_secs(600),
         failure_ttl: Duration::from_secs(3600),
     }
-}
-
-/// Make every running lease lapse now, as if time had passed.
-pub async fn lapse_all(pool: &sqlx::PgPool) {
-    sqlx::query("UPDATE builds SET lease_expires_at = now() - interval '1 second' WHERE state = 'running'")
-        .execute(pool)
-        .await
-        .unwrap();
 }
