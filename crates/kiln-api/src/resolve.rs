@@ -183,7 +183,12 @@ impl Resolver {
     }
 
     async fn exists(&self, module: &ModulePath, v: &Version) -> Result<bool, ProxyError> {
-        let url = format!("{}/{}/@v/{}.info", self.proxy, module.proxy_escaped(), escape(&v.to_string()));
+        let url = format!(
+            "{}/{}/@v/{}.info",
+            self.proxy,
+            module.proxy_escaped(),
+            kiln_domain::module::proxy_escape(&v.to_string())
+        );
         match self.get_text(module, &url).await {
             Ok(_) => Ok(true),
             Err(ProxyError::UnknownModule(_)) => Ok(false),
@@ -200,20 +205,6 @@ impl Resolver {
             s => Err(unreachable(format!("it answered {s}"))),
         }
     }
-}
-
-/// Case-escape a path element as the proxy protocol wants.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_ascii_uppercase() {
-            out.push('!');
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// A reqwest error in words, without the URL (which names the proxy).
@@ -240,6 +231,6 @@ fn without_url(e: &reqwest::Error) -> String {
 mod tests {
     #[test]
     fn escapes_upper_case() {
-        assert_eq!(super::escape("v1.0.0-RC.1"), "v1.0.0-!r!c.1");
+        assert_eq!(kiln_domain::module::proxy_escape("v1.0.0-RC.1"), "v1.0.0-!r!c.1");
     }
 }

@@ -67,17 +67,23 @@ impl ModulePath {
     /// The path with upper-case letters escaped as the Go module proxy
     /// protocol wants them (`A` becomes `!a`).
     pub fn proxy_escaped(&self) -> String {
-        let mut out = String::with_capacity(self.0.len());
-        for c in self.0.chars() {
-            if c.is_ascii_uppercase() {
-                out.push('!');
-                out.push(c.to_ascii_lowercase());
-            } else {
-                out.push(c);
-            }
-        }
-        out
+        proxy_escape(&self.0)
     }
+}
+
+/// Case-escape a module path or version for the Go module proxy protocol:
+/// every upper-case letter `A` becomes `!a`.
+pub fn proxy_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('!');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl fmt::Display for ModulePath {
