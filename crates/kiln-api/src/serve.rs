@@ -50,8 +50,12 @@ pub async fn object(
     let etag = &facts.etag;
     let mut resp_headers = facts.headers.clone();
     if let Some(f) = &extra.filename {
-        let v = format!("attachment; filename={f}");
-        resp_headers.insert(header::CONTENT_DISPOSITION, HeaderValue::from_str(&v).expect("a checked file name"));
+        let safe: String = f
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+            .collect();
+        let v = format!("attachment; filename={safe}");
+        resp_headers.insert(header::CONTENT_DISPOSITION, HeaderValue::from_str(&v).expect("ASCII by construction"));
     }
     if let Some(l) = &extra.location
         && let Ok(v) = HeaderValue::from_str(l)
