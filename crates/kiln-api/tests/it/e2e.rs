@@ -263,8 +263,16 @@ async fn a_client_that_hangs_up_does_not_cancel_its_build() {
     let impatient = reqwest::Client::builder().timeout(Duration::from_millis(1500)).build().unwrap();
     let q = "/api/compat?recipe=sleep&version=v5.0.0&os=linux&arch=amd64";
     assert!(impatient.get(f.url(q)).send().await.unwrap_err().is_timeout());
-    let key: String =
-        sqlx::query_scalar("SELECT key FROM builds").fetch_one(f.farm.db.pool()).await.expect("the build was queued");
+    // The request reached the API before the client gave up (a slow machine may take a moment).
+    let mut key = None;
+    for _ in 0..300 {
+        key = sqlx::query_scalar::<_, String>("SELECT key FROM builds").fetch_optional(f.farm.db.pool()).await.unwrap();
+        if key.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let key = key.expect("the build was queued");
     let end = f.wait_final(&key).await;
     assert_eq!(end["state"], "succeeded", "{end}\n{}", f.logs());
     let again = f.get(q).await;
