@@ -72,6 +72,25 @@ async fn compat_builds_once_then_serves_from_storage() {
     assert_eq!(bin.len(), len);
     assert!(run_script(&bin).contains("hello from kiln v1.1.0 windows/amd64"));
     assert_eq!(f.build_count().await, 2);
+
+    // Metrics: requests by route, builds by state, waits, build durations
+    // (observed as the API hears builds end, so give it a moment).
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = f.get("/metrics").await.text().await.unwrap();
+        if metrics.contains(r#"kiln_build_duration_seconds_count{recipe="hello",state="succeeded"} 2"#) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for want in [
+        r#"kiln_build_duration_seconds_count{recipe="hello",state="succeeded"} 2"#,
+        r#"kiln_builds{state="succeeded"} 2"#,
+        r#"kiln_wait_seconds_count{kind="compat"} 2"#,
+        r#"kiln_http_requests_total{route="/api/compat",method="GET",status="200"} 2"#,
+    ] {
+        assert!(metrics.contains(want), "{want} not in\n{metrics}");
+    }
 }
 
 #[tokio::test]
