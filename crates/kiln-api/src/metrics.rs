@@ -4,7 +4,11 @@
 //! - `kiln_builds{state}` and `kiln_queue_depth`: read from the database at scrape time;
 //! - `kiln_wait_seconds{kind}`: how long compat requests and long-polls waited;
 //! - `kiln_build_duration_seconds{recipe, state}`: start to end of builds
-//!   that ended while this API process was up (seen through `NOTIFY`).
+//!   that ended while this API process was up (seen through `NOTIFY`);
+//! - `kiln_janitor_changes{task, janitor, what}`, `kiln_janitor_runs{…}`,
+//!   `kiln_janitor_failed_runs{…}`, `kiln_janitor_last_run_timestamp_seconds{…}`:
+//!   what each janitor task changed in total, read at scrape time from the
+//!   `janitor_runs` table the janitor keeps (the janitor serves no port).
 
 use std::sync::atomic::AtomicI64;
 
@@ -26,6 +30,10 @@ pub struct Metrics {
     queue_depth: Gauge<i64, AtomicI64>,
     waits: Histograms,
     durations: Histograms,
+    janitor_changes: Family<Labels, Gauge<i64, AtomicI64>>,
+    janitor_runs: Family<Labels, Gauge<i64, AtomicI64>>,
+    janitor_failures: Family<Labels, Gauge<i64, AtomicI64>>,
+    janitor_last_run: Family<Labels, Gauge<i64, AtomicI64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -53,7 +61,32 @@ impl Metrics {
         registry.register("kiln_wait_seconds", "Time requests spent waiting for a build", waits.clone());
         let durations: Histograms = Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.5, 2.0, 14)));
         registry.register("kiln_build_duration_seconds", "Build durations, start to end", durations.clone());
-        Self { registry, requests, builds, queue_depth, waits, durations }
+        let gauges = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<Labels, Gauge<i64, AtomicI64>>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let janitor_changes =
+            gauges(&mut registry, "kiln_janitor_changes", "What janitor tasks changed, summed over their runs");
+        let janitor_runs = gauges(&mut registry, "kiln_janitor_runs", "Janitor task runs");
+        let janitor_failures = gauges(&mut registry, "kiln_janitor_failed_runs", "Janitor task runs that failed");
+        let janitor_last_run = gauges(
+            &mut registry,
+            "kiln_janitor_last_run_timestamp_seconds",
+            "When a janitor task last finished (Unix time)",
+        );
+        Self {
+            registry,
+            requests,
+            builds,
+            queue_depth,
+            waits,
+            durations,
+            janitor_changes,
+            janitor_runs,
+            janitor_failures,
+            janitor_last_run,
+        }
     }
 
     pub fn request(&self, route: &str, method: &str, status: u16) {
@@ -85,6 +118,21 @@ impl Metrics {
             self.builds.get_or_create(&vec![("state", state.to_owned())]).set(n);
         }
         self.queue_depth.set(counts.queued);
+    }
+
+    /// Mirror the janitor's `janitor_runs` rows.
+    pub fn set_janitor(&self, runs: &[kiln_queue::JanitorRun]) {
+        for run in runs {
+            let labels = vec![("task", run.task.clone()), ("janitor", run.janitor_id.clone())];
+            self.janitor_runs.get_or_create(&labels).set(run.runs);
+            self.janitor_failures.get_or_create(&labels).set(run.failures);
+            self.janitor_last_run.get_or_create(&labels).set(run.finished_at.timestamp());
+            for (what, n) in &run.totals {
+                let mut labels = labels.clone();
+                labels.push(("what", what.clone()));
+                self.janitor_changes.get_or_create(&labels).set(n.as_i64().unwrap_or(0));
+            }
+        }
     }
 
     /// The text exposition of every metric.

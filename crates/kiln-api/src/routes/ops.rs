@@ -87,6 +87,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         Ok(c) => state.metrics().set_states(&c),
         Err(e) => tracing::warn!(error = %e, "metrics: cannot count builds"),
     }
+    match state.queue().janitor_runs().await {
+        Ok(runs) => state.metrics().set_janitor(&runs),
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot read the janitor's runs"),
+    }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics().encode())
         .into_response()
 }

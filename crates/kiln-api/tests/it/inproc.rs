@@ -289,12 +289,20 @@ async fn recipes_health_metrics_page_and_signing_key() {
     assert_eq!(kiln_artifact::PublicKey::parse(&k.text()).unwrap(), pk);
 
     api.post("/api/builds", r#"{"recipe": "hello", "os": "linux", "arch": "amd64"}"#).await;
+    // What the janitor recorded shows up too.
+    let queue = api.db.queue(kiln_queue::QueueSettings::default());
+    let counts = json!({"requeued": 2, "failed": 1}).as_object().unwrap().clone();
+    for _ in 0..2 {
+        queue.record_janitor_run("rescue", "jan-1", chrono::Utc::now(), 3, None, &counts).await.unwrap();
+    }
     let m = api.get("/metrics").await;
     assert_eq!(m.status, 200);
     let text = m.text();
     assert!(text.contains(r#"kiln_builds{state="queued"} 1"#), "{text}");
     assert!(text.contains("kiln_queue_depth 1"), "{text}");
     assert!(text.contains(r#"route="/api/builds""#) && text.contains(r#"status="202""#), "{text}");
+    assert!(text.contains(r#"kiln_janitor_changes{task="rescue",janitor="jan-1",what="requeued"} 4"#), "{text}");
+    assert!(text.contains(r#"kiln_janitor_runs{task="rescue",janitor="jan-1"} 2"#), "{text}");
 }
 
 #[tokio::test]
