@@ -80,6 +80,14 @@ impl TestDb {
         &self.pool
     }
 
+    /// A new, empty (never migrated) database beside this one; its URL.
+    /// `tag` must be a plain identifier.
+    pub async fn empty_sibling(&self, tag: &str) -> String {
+        let name = format!("{}_{tag}", self.name);
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&self.pool).await.expect("create an empty database");
+        with_database(&self.url, &name)
+    }
+
     /// A queue over this database with the given settings.
     pub fn queue(&self, settings: kiln_queue::QueueSettings) -> kiln_queue::Queue {
         kiln_queue::Queue::from_pool(self.pool.clone(), settings)

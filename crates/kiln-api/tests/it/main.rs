@@ -6,3 +6,4 @@ mod e2e;
 mod farm;
 mod inproc;
 mod proxy;
+mod startup;

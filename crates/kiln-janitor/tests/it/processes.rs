@@ -5,18 +5,11 @@ use std::process::Command;
 
 use kiln_domain::{AttemptOutcome, BuildSpec, BuildState};
 use kiln_queue::{JanitorRun, Queue, QueueSettings};
-use kiln_testkit::TestDb;
 use kiln_testkit::farm::{Farm, Proc, bin};
 
 use crate::support::{PATIENCE, spec, wait_for};
 
 /// A new, empty database beside `db`'s; returns its URL.
-async fn empty_database(db: &TestDb, tag: &str) -> String {
-    let name = format!("{}_{tag}", db.name());
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(db.pool()).await.unwrap();
-    db.url().replace(&format!("/{}", db.name()), &format!("/{name}"))
-}
-
 fn wait_exit(p: &mut Proc) -> std::process::ExitStatus {
     p.wait_timeout(PATIENCE).unwrap_or_else(|| panic!("{} did not exit:\n{}", p.label(), p.output()))
 }
@@ -37,7 +30,7 @@ async fn migrate_twice_in_a_row_and_from_two_processes_at_once() {
     let farm = Farm::new().await;
     let all: Vec<i32> = (1..=kiln_queue::SCHEMA_VERSION as i32).collect();
 
-    let url = empty_database(&farm.db, "seq").await;
+    let url = farm.db.empty_sibling("seq").await;
     let mut first = farm.spawn_with("kiln-janitor", "migrate-1", &["migrate"], &[("DATABASE_URL", &url)]);
     assert!(wait_exit(&mut first).success(), "{}", first.output());
     assert!(first.output().contains("migrations applied: V1__initial, V2__janitor_runs"), "{}", first.output());
@@ -46,7 +39,7 @@ async fn migrate_twice_in_a_row_and_from_two_processes_at_once() {
     assert!(second.output().contains("migrations applied: none (up to date)"), "{}", second.output());
     assert_eq!(schema_history(&url).await, all);
 
-    let url = empty_database(&farm.db, "par").await;
+    let url = farm.db.empty_sibling("par").await;
     let mut a = farm.spawn_with("kiln-janitor", "migrate-a", &["migrate"], &[("DATABASE_URL", &url)]);
     let mut b = farm.spawn_with("kiln-janitor", "migrate-b", &["migrate"], &[("DATABASE_URL", &url)]);
     assert!(wait_exit(&mut a).success(), "{}", a.output());
