@@ -1,6 +1,7 @@
 //! Crafted queue rows for tests of the queue and the janitor.
 
-use kiln_domain::{BuildSpec, Version};
+use kiln_domain::{BuildKey, BuildSpec, BuildState, Version};
+use kiln_queue::Queue;
 
 use crate::TestDb;
 
@@ -24,4 +25,30 @@ impl TestDb {
             .await
             .expect("lapse leases");
     }
+}
+
+/// A build of `recipe` (spec `n`) taken through the queue to the final
+/// `state` by worker `w`, with one live-log chunk, then aged so that it
+/// ended `hours_ago`.
+pub async fn finished(db: &TestDb, queue: &Queue, recipe: &str, n: u64, state: BuildState, hours_ago: u32) -> BuildKey {
+    let key = queue.enqueue(&spec(recipe, n), 0).await.expect("enqueue").build.key;
+    let claim = queue.claim("w", &[recipe.to_owned()]).await.expect("claim").expect("a claimable build");
+    assert_eq!(claim.lease.key, key);
+    queue.append_log(&claim.lease, &format!("output of {recipe} {n}\n")).await.expect("append log");
+    match state {
+        BuildState::Succeeded => queue.complete(&claim.lease, &serde_json::json!({})).await.expect("complete"),
+        BuildState::Failed => queue.fail_build(&claim.lease, "exit 1").await.expect("fail"),
+        BuildState::Cancelled => {
+            queue.cancel(&key).await.expect("cancel");
+            queue.acknowledge_cancel(&claim.lease).await.expect("acknowledge cancel");
+        }
+        other => panic!("not a final state: {other:?}"),
+    }
+    for sql in [
+        "UPDATE builds SET finished_at = now() - make_interval(hours => $2) WHERE key = $1",
+        "UPDATE build_attempts SET ended_at = now() - make_interval(hours => $2) WHERE build_key = $1",
+    ] {
+        sqlx::query(sql).bind(key.as_str()).bind(hours_ago as i32).execute(db.pool()).await.expect("age the build");
+    }
+    key
 }

@@ -3,12 +3,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kiln_domain::{BuildKey, BuildState};
+use kiln_domain::BuildKey;
 use kiln_janitor::{Janitor, JanitorSettings};
-use kiln_queue::{ExpiryPolicy, Queue, QueueSettings};
+use kiln_queue::{ExpiryPolicy, QueueSettings};
 use kiln_storage::{ObjectKey, ObjectName, Storage};
 use kiln_testkit::TestDb;
-pub use kiln_testkit::rows::spec;
+pub use kiln_testkit::rows::{finished, spec};
 
 pub const HOUR: Duration = Duration::from_secs(3600);
 
@@ -58,31 +58,6 @@ pub fn janitor_with(db: &TestDb, storage: Storage, settings: JanitorSettings) ->
 pub fn local_storage() -> (Storage, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     (Storage::local(dir.path()).unwrap(), dir)
-}
-
-/// A build of `recipe` taken through the queue to `state` by worker `w`
-/// (with one live-log chunk), then aged so it ended `hours_ago`.
-pub async fn finished(db: &TestDb, queue: &Queue, recipe: &str, n: u64, state: BuildState, hours_ago: i32) -> BuildKey {
-    let key = queue.enqueue(&spec(recipe, n), 0).await.unwrap().build.key;
-    let claim = queue.claim("w", &[recipe.to_owned()]).await.unwrap().unwrap();
-    assert_eq!(claim.lease.key, key);
-    queue.append_log(&claim.lease, &format!("output of {recipe} {n}\n")).await.unwrap();
-    match state {
-        BuildState::Succeeded => queue.complete(&claim.lease, &serde_json::json!({})).await.unwrap(),
-        BuildState::Failed => queue.fail_build(&claim.lease, "exit 1").await.unwrap(),
-        BuildState::Cancelled => {
-            queue.cancel(&key).await.unwrap();
-            queue.acknowledge_cancel(&claim.lease).await.unwrap();
-        }
-        other => panic!("not a final state: {other:?}"),
-    }
-    for sql in [
-        "UPDATE builds SET finished_at = now() - make_interval(hours => $2) WHERE key = $1",
-        "UPDATE build_attempts SET ended_at = now() - make_interval(hours => $2) WHERE build_key = $1",
-    ] {
-        sqlx::query(sql).bind(key.as_str()).bind(hours_ago).execute(db.pool()).await.unwrap();
-    }
-    key
 }
 
 /// Store every object of build `key`, as a worker would have.

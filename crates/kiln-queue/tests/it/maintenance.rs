@@ -3,47 +3,17 @@
 use std::time::Duration;
 
 use kiln_domain::{BuildKey, BuildState, WorkerState};
-use kiln_queue::{ExpiryPolicy, Queue, Removal, WorkerInfo};
+use kiln_queue::{ExpiryPolicy, Removal, WorkerInfo};
 use kiln_testkit::TestDb;
 
 use crate::support::{settings, spec};
+use kiln_testkit::rows::finished;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
 /// Run `sql` with `key` as `$1`.
 async fn exec(db: &TestDb, sql: &str, key: &BuildKey) {
     sqlx::query(sql).bind(key.as_str()).execute(db.pool()).await.unwrap();
-}
-
-/// A build of `recipe` taken to `state` through the queue, then aged so it
-/// finished `hours_ago`.
-async fn finished(db: &TestDb, queue: &Queue, recipe: &str, n: u64, state: BuildState, hours_ago: u32) -> BuildKey {
-    let key = queue.enqueue(&spec(recipe, n), 0).await.unwrap().build.key;
-    let claim = queue.claim("w", &[recipe.to_owned()]).await.unwrap().unwrap();
-    assert_eq!(claim.lease.key, key);
-    queue.append_log(&claim.lease, "output\n").await.unwrap();
-    match state {
-        BuildState::Succeeded => queue.complete(&claim.lease, &serde_json::json!({})).await.unwrap(),
-        BuildState::Failed => queue.fail_build(&claim.lease, "exit 1").await.unwrap(),
-        BuildState::Cancelled => {
-            queue.cancel(&key).await.unwrap();
-            queue.acknowledge_cancel(&claim.lease).await.unwrap();
-        }
-        other => panic!("not a final state: {other:?}"),
-    }
-    sqlx::query("UPDATE builds SET finished_at = now() - make_interval(hours => $2) WHERE key = $1")
-        .bind(key.as_str())
-        .bind(hours_ago as i32)
-        .execute(db.pool())
-        .await
-        .unwrap();
-    sqlx::query("UPDATE build_attempts SET ended_at = now() - make_interval(hours => $2) WHERE build_key = $1")
-        .bind(key.as_str())
-        .bind(hours_ago as i32)
-        .execute(db.pool())
-        .await
-        .unwrap();
-    key
 }
 
 async fn count(db: &TestDb, sql: &str, key: &BuildKey) -> i64 {
