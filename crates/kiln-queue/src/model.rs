@@ -144,7 +144,8 @@ pub enum RetryOutcome {
     GaveUp,
 }
 
-/// Kinds of entries in a build's event stream.
+/// Kinds of entries in a build's event stream. The stream's closing
+/// `result` is not stored: the API derives it from the final build row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
@@ -156,8 +157,6 @@ pub enum EventKind {
     StepStarted,
     /// A step ended (JSON: name, index, exit code, seconds).
     StepFinished,
-    /// The result (JSON: artifact facts or error).
-    Result,
 }
 
 impl EventKind {
@@ -167,7 +166,6 @@ impl EventKind {
             EventKind::State => "state",
             EventKind::StepStarted => "step_started",
             EventKind::StepFinished => "step_finished",
-            EventKind::Result => "result",
         }
     }
 }
