@@ -378,6 +378,23 @@ impl Config {
             if recipe.binary.is_empty() || recipe.binary.contains('/') || recipe.binary.starts_with('.') {
                 return Err((key("binary"), "a plain file name in out/".into()));
             }
+            if let Some(oci) = &recipe.oci {
+                if !kiln_domain::image_ref::is_path_component(name) {
+                    return Err((
+                        key("oci"),
+                        "a recipe with images needs a name fit for a registry: lowercase letters and digits, \
+                         with single '-', '_' or '.' between them"
+                            .into(),
+                    ));
+                }
+                if kiln_domain::image_ref::image_platforms(recipe).is_empty() {
+                    return Err((
+                        key("oci"),
+                        "images are made for linux only, and the recipe has no linux platform".into(),
+                    ));
+                }
+                oci.check(&recipe.binary).map_err(|e| (key(&e.field), e.message))?;
+            }
         }
         Ok(())
     }

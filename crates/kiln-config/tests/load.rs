@@ -93,3 +93,66 @@ fn the_shipped_configs_load() {
         assert!(!c.recipes.is_empty(), "{file} has recipes");
     }
 }
+
+const RECIPE: &str = r#"
+  hello:
+    image: img
+    versions: { source: static, versions: [v1.0.0] }
+    platforms: [linux/amd64, windows/amd64]
+    binary: hello
+    steps: [{ name: build, run: [/bin/true] }]
+"#;
+
+fn with_recipe(extra: &str) -> Result<Config, ConfigError> {
+    let text = format!("{}{RECIPE}{extra}", BASE.replace("recipes: {}", "recipes:"));
+    parse(&text, &[("DATABASE_URL", "x")])
+}
+
+#[test]
+fn the_shipped_recipes_have_images() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let vars = [("DATABASE_URL", "x"), ("KILN_S3_BUCKET", "kiln"), ("KILN_ADMIN_TOKEN", "t")];
+    let text = std::fs::read_to_string(format!("{root}/config.test.yml")).unwrap();
+    let hello = parse(&text, &vars).unwrap().recipes.remove("hello").unwrap().oci.expect("hello has images");
+    assert_eq!(hello.base.as_deref(), Some("kiln-test/busybox:latest"));
+    assert_eq!(hello.entrypoint("hello").unwrap(), ["/usr/bin/hello"]);
+
+    let text = std::fs::read_to_string(format!("{root}/config.example.yml")).unwrap();
+    let caddy = parse(&text, &vars).unwrap().recipes.remove("caddy").unwrap().oci.expect("caddy has images");
+    assert_eq!(caddy.binary_path("caddy").unwrap().as_str(), "/usr/bin/caddy");
+    assert_eq!(caddy.cmd.as_deref().unwrap()[0], "run");
+    let ports: Vec<String> = caddy.ports.iter().map(|p| p.to_string()).collect();
+    assert_eq!(ports, ["80/tcp", "443/tcp", "443/udp", "2019/tcp"]);
+    assert!(caddy.files.iter().any(|f| f.to.as_str() == "/etc/ssl/certs/ca-certificates.crt"));
+    assert_eq!(caddy.base, None, "caddy's image needs no base to pull");
+}
+
+#[test]
+fn oci_sections_parse_and_bad_ones_name_the_key() {
+    let c = with_recipe("    oci: {}\n").unwrap();
+    assert_eq!(c.recipes["hello"].oci, Some(Default::default()));
+    assert_eq!(with_recipe("").unwrap().recipes["hello"].oci, None);
+
+    let cases = [
+        ("    oci: { binary_path: usr/bin/hello }\n", "recipes.hello.oci.binary_path", "must start with '/'"),
+        ("    oci: { ports: [80, 99999] }\n", "recipes.hello.oci.ports", "not a port"),
+        ("    oci: { entrypont: [] }\n", "recipes.hello.oci", "entrypont"),
+        ("    oci: { files: [{ from: ../etc/passwd, to: /x }] }\n", "recipes.hello.oci.files[0].from", "'..'"),
+        ("    oci: { files: [{ from: a, to: /usr/bin/hello }] }\n", "recipes.hello.oci.files[0].to", "already placed"),
+        ("    oci: { env: { \"A-B\": x } }\n", "recipes.hello.oci.env", "variable name"),
+        ("    oci: { user: \"a b\" }\n", "recipes.hello.oci.user", "uid:gid"),
+    ];
+    for (extra, key, why) in cases {
+        let err = with_recipe(extra).unwrap_err().to_string();
+        assert!(err.contains("test.yml") && err.contains(key) && err.contains(why), "{extra}: {err}");
+    }
+
+    let windows_only =
+        format!("{}{}    oci: {{}}\n", BASE.replace("recipes: {}", "recipes:"), RECIPE.replace("linux/amd64, ", ""));
+    let err = parse(&windows_only, &[("DATABASE_URL", "x")]).unwrap_err().to_string();
+    assert!(err.contains("recipes.hello.oci") && err.contains("linux"), "{err}");
+    let bad_name =
+        format!("{}{}    oci: {{}}\n", BASE.replace("recipes: {}", "recipes:"), RECIPE.replace("hello:", "hello-:"));
+    let err = parse(&bad_name, &[("DATABASE_URL", "x")]).unwrap_err().to_string();
+    assert!(err.contains("recipes.hello-.oci") && err.contains("registry"), "{err}");
+}

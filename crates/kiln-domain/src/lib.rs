@@ -2,12 +2,17 @@
 //!
 //! This crate knows what a build *is*: the request a user sends, how it is
 //! validated against a [`Recipe`], how versions are chosen, and how the
-//! resolved request becomes a content-addressed [`BuildKey`]. It knows no
+//! resolved request becomes a content-addressed [`BuildKey`]; what a
+//! recipe's container image holds ([`OciSpec`]) and what a registry name,
+//! tag or digest means ([`image_ref`]). It knows no
 //! database, no Docker, no HTTP and no file system; every other crate builds
 //! on these types.
 
+pub mod digest;
+pub mod image_ref;
 pub mod key;
 pub mod module;
+pub mod oci;
 pub mod platform;
 pub mod recipe;
 pub mod request;
@@ -16,9 +21,12 @@ pub mod version;
 
 mod error;
 
+pub use digest::OciDigest;
 pub use error::ValidationError;
+pub use image_ref::{ImageName, ImageRefError, Reference, RegistryCode, Tag};
 pub use key::BuildKey;
 pub use module::ModulePath;
+pub use oci::{ImagePath, OciFile, OciSpec, OutPath, Port};
 pub use platform::Platform;
 pub use recipe::{Recipe, Step};
 pub use request::{BuildRequest, BuildSpec, PluginRequest, PluginSpec, Replacement};

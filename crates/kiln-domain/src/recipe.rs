@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::module::pattern_matches;
-use crate::{ModulePath, Platform, Version};
+use crate::{ModulePath, OciSpec, Platform, Version};
 
 /// One product Kiln can build, e.g. `caddy`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +34,11 @@ pub struct Recipe {
     /// How long artifacts are kept; the global default applies when unset.
     #[serde(default)]
     pub artifact_ttl_secs: Option<u64>,
+    /// How linux builds become container images; a recipe without it makes
+    /// none. Left out of the revision's input when unset, so recipes without
+    /// images keep their build keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<OciSpec>,
 }
 
 /// Where versions come from.
@@ -118,5 +123,31 @@ impl Recipe {
     /// The main binary's file name in `out/` for a platform.
     pub fn binary_file(&self, platform: &Platform) -> String {
         if platform.os == "windows" { format!("{}.exe", self.binary) } else { self.binary.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unset_oci_section_leaves_the_revision_alone() {
+        let mut recipe = Recipe {
+            image: "img".into(),
+            pull: false,
+            versions: VersionSource::Static { versions: vec!["v1.0.0".parse().unwrap()] },
+            plugins: PluginRules::default(),
+            platforms: vec!["linux/amd64".parse().unwrap()],
+            binary: "hello".into(),
+            steps: vec![],
+            cache: None,
+            artifact_ttl_secs: None,
+            oci: None,
+        };
+        let json = serde_json::to_string(&recipe).unwrap();
+        assert!(!json.contains("oci"), "{json}");
+        let before = recipe.revision();
+        recipe.oci = Some(OciSpec::default());
+        assert_ne!(recipe.revision(), before, "images are part of what a build makes");
     }
 }

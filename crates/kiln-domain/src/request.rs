@@ -255,6 +255,7 @@ mod tests {
             steps: vec![],
             cache: None,
             artifact_ttl_secs: None,
+            oci: None,
         }
     }
 
