@@ -6,6 +6,13 @@
 //! minisign's pre-hashed (`ED`) kind, so `minisign -Vm FILE -P KEY` accepts
 //! them; their trusted comment names the build and the artifact's SHA-256
 //! ([`build_comment`]), which the signature covers too.
+//!
+//! A linux build's container image has a signature of its own, made by the
+//! same key when the build is made: over the bytes of its platform manifest,
+//! with the trusted comment `kiln image <key> <platform> sha256:<manifest>`
+//! ([`image_comment`], checked by [`verify_image`]). The artifact's signature
+//! is left as it always was, so existing signatures and clients keep working;
+//! see `kiln_image` for where it is stored and how a user checks an image.
 
 use std::fmt;
 use std::fs::OpenOptions;
@@ -13,7 +20,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use kiln_domain::BuildKey;
+use kiln_domain::{BuildKey, OciDigest, Platform};
 use minisign::{KeyPair, SecretKeyBox, SignatureBox};
 
 use crate::ArtifactError;
@@ -252,6 +259,55 @@ pub fn parse_build_comment(comment: &str) -> Option<BuildComment> {
     ok.then(|| BuildComment { key, sha256: sha.to_owned() })
 }
 
+/// The trusted comment of a build's image signature:
+/// `kiln image <key> <platform> sha256:<manifest hex>`. The signature is made
+/// over the bytes of the platform's image manifest exactly as the registry
+/// serves them, so it covers the config and every layer by their digests.
+pub fn image_comment(key: &BuildKey, platform: &Platform, manifest: &OciDigest) -> String {
+    format!("kiln image {key} {platform} {manifest}")
+}
+
+/// The parts of a trusted comment made by [`image_comment`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageComment {
+    pub key: BuildKey,
+    pub platform: Platform,
+    /// The digest of the signed manifest.
+    pub manifest: OciDigest,
+}
+
+/// Read a trusted comment made by [`image_comment`]; `None` for any other text.
+pub fn parse_image_comment(comment: &str) -> Option<ImageComment> {
+    let mut words = comment.strip_prefix("kiln image ")?.split(' ');
+    let key = BuildKey::parse(words.next()?).ok()?;
+    let platform = words.next()?.parse().ok()?;
+    let manifest = OciDigest::parse(words.next()?).ok()?;
+    words.next().is_none().then_some(ImageComment { key, platform, manifest })
+}
+
+/// Check a build's image signature: `signature` was made by `key` over
+/// exactly `manifest` (the manifest's bytes as served), its trusted comment
+/// is an [`image_comment`], and the digest it names is the digest of those
+/// bytes. Returns what the comment says; the caller compares the build key
+/// and the digest it expected.
+pub fn verify_image(key: &PublicKey, manifest: &[u8], signature: &str) -> Result<ImageComment, ArtifactError> {
+    let verified = verify(key, io::Cursor::new(manifest), signature)?;
+    let comment = parse_image_comment(&verified.trusted_comment).ok_or_else(|| {
+        ArtifactError::BadSignature(format!(
+            "the trusted comment {:?} is not a Kiln image signature's",
+            verified.trusted_comment.chars().take(120).collect::<String>()
+        ))
+    })?;
+    let actual = OciDigest::of(manifest);
+    if comment.manifest != actual {
+        return Err(ArtifactError::BadSignature(format!(
+            "the signature names manifest {} but the manifest is {actual}",
+            comment.manifest
+        )));
+    }
+    Ok(comment)
+}
+
 /// Passes reads through and keeps the first I/O error, which minisign would
 /// otherwise fold into its own error type.
 struct ErrorKeepingReader<R> {
@@ -276,6 +332,28 @@ impl<R: Seek> Seek for ErrorKeepingReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_comments_round_trip_and_reject_other_text() {
+        let key = BuildKey::parse(&"ab".repeat(32)).unwrap();
+        let platform: Platform = "linux/arm/7".parse().unwrap();
+        let digest = OciDigest::of(b"{}");
+        let c = image_comment(&key, &platform, &digest);
+        assert_eq!(c, format!("kiln image {key} linux/arm/7 {digest}"));
+        let parsed = parse_image_comment(&c).unwrap();
+        assert_eq!((parsed.key, parsed.platform, parsed.manifest), (key.clone(), platform, digest.clone()));
+        for bad in [
+            format!("kiln image {key} linux/arm/7 {digest} extra"),
+            format!("kiln image {key} linux/arm/7"),
+            format!("kiln image {key} Linux/amd64 {digest}"),
+            format!("kiln image {key} linux/amd64 sha256:{}", "A".repeat(64)),
+            format!("kiln build {key} {digest}"),
+            build_comment(&key, digest.hex()),
+        ] {
+            assert_eq!(parse_image_comment(&bad), None, "{bad}");
+        }
+        assert_eq!(parse_build_comment(&c), None, "an image comment is no artifact comment");
+    }
 
     #[test]
     fn build_comments_round_trip_and_reject_other_text() {

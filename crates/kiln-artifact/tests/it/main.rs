@@ -1,6 +1,7 @@
 //! Integration tests of kiln-artifact: packing real directories, signing, and
 //! checking signatures with the stock `minisign` tool.
 
+mod image_sig;
 mod pack;
 mod sign;
 
