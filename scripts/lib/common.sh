@@ -20,7 +20,9 @@ apt_install() {
     as_root apt-get update -qq
     export KILN_APT_UPDATED=1
   fi
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Others may be installing at the same time: wait for dpkg's lock.
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
 }
 
 # A free TCP port on 127.0.0.1.
