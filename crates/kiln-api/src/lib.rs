@@ -3,8 +3,9 @@
 //! [`app`] builds the router over an [`AppState`] (so tests drive it with
 //! `tower::ServiceExt::oneshot`, no socket); [`run`] serves it on a listener
 //! until a shutdown signal, then lets open requests finish for a short grace.
-//! The binary (`src/main.rs`) only loads the configuration, connects and
-//! calls [`run`].
+//! [`serve`] is the whole process: it connects to the database and the
+//! object store, listens on `api.listen` and calls [`run`]; the binary
+//! (`src/main.rs`) only parses its arguments and loads the configuration.
 //!
 //! Map of the crate:
 //! - [`routes`]: the handlers (`builds`, `compat`, `live` logs and events, `ops`);
@@ -33,6 +34,9 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
+use kiln_config::Config;
+use kiln_queue::{Queue, QueueError, QueueSettings};
+use kiln_storage::{Storage, StorageError};
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
@@ -69,6 +73,37 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::per_request))
         .with_state(state)
+}
+
+/// Why [`serve`] could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Connect to the (migrated) database and the object store, listen on
+/// `api.listen`, and serve until `shutdown` resolves.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    let queue = Queue::connect(
+        config.database.url.expose(),
+        config.database.max_connections,
+        QueueSettings::from(&config.queue),
+        "kiln-api",
+    )
+    .await?;
+    let storage = Storage::from_config(&config.storage)?;
+    let addr = config.api.listen.clone();
+    let listener = TcpListener::bind(&addr).await.map_err(|source| ServeError::Listen { addr, source })?;
+    tracing::info!(addr = %listener.local_addr()?, "kiln-api listening");
+    run(listener, AppState::new(config, queue, storage), shutdown).await?;
+    Ok(())
 }
 
 /// Serve [`app`] on `listener` until `shutdown` resolves; then stop

@@ -168,7 +168,7 @@ pub fn error_json(e: &anyhow::Error) -> serde_json::Value {
     let failure = e.chain().find_map(|c| c.downcast_ref::<Failure>());
     let mut error = json!({
         "code": failure.map_or("error", Failure::code),
-        "message": format!("{e:#}"),
+        "message": kiln_process::error_chain(e),
     });
     let mut status = serde_json::Value::Null;
     match failure {

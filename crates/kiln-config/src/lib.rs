@@ -53,12 +53,24 @@ impl Config {
             key,
             message,
         })?;
-        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| ConfigError::Invalid {
+        let mut config: Config = serde_path_to_error::deserialize(value).map_err(|e| ConfigError::Invalid {
             file: file.to_owned(),
             key: e.path().to_string(),
             message: e.inner().to_string(),
         })?;
-        config.check().map_err(|(key, message)| ConfigError::Invalid { file: file.to_owned(), key, message })?;
+        config.file = file.to_owned();
+        config.check().map_err(|(key, message)| config.invalid(key, message))?;
         Ok(config)
+    }
+
+    /// The file the configuration was read from.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// An error about `key` of this configuration, found after loading
+    /// (say, a value only a binary's library can check).
+    pub fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { file: self.file.clone(), key: key.into(), message: message.into() }
     }
 }

@@ -25,6 +25,9 @@ pub struct Config {
     pub janitor: JanitorConfig,
     /// Recipes by name.
     pub recipes: BTreeMap<String, Recipe>,
+    /// The file this was read from, for errors found after loading.
+    #[serde(skip)]
+    pub(crate) file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -338,6 +341,14 @@ impl Config {
                 _ => {}
             },
             _ => {}
+        }
+        if let Some(id) = &self.worker.id
+            && (id.len() > 200 || id.chars().any(char::is_control))
+        {
+            return Err(("worker.id".into(), "at most 200 printable characters".into()));
+        }
+        if let Some(r) = self.worker.recipes.iter().find(|r| !self.recipes.contains_key(*r)) {
+            return Err(("worker.recipes".into(), format!("{r:?} is not a recipe in this configuration")));
         }
         if self.worker.concurrency == 0 {
             return Err(("worker.concurrency".into(), "must be at least 1".into()));

@@ -13,15 +13,17 @@ pub enum JanitorError {
     /// The object store could not be set up.
     #[error(transparent)]
     Storage(#[from] StorageError),
-    /// A schedule in `janitor.schedules` is not a cron expression.
-    #[error(
-        "{key}: {expr:?} is not a cron expression with seconds \
-         (six fields: sec min hour day-of-month month day-of-week)"
-    )]
-    Schedule { key: String, expr: String },
+    /// The configuration is wrong (a schedule that is not a cron expression).
+    /// A source, not `transparent`: the process exits 2 when it finds a
+    /// `ConfigError` in the chain.
+    #[error("{0}")]
+    Config(#[from] kiln_config::ConfigError),
     /// The scheduler itself failed.
     #[error("the scheduler failed: {0}")]
     Scheduler(String),
+    /// `once`: these tasks failed (each said why in its report).
+    #[error("{} of {total} tasks failed: {}", failed.len(), failed.join(", "))]
+    TasksFailed { failed: Vec<String>, total: usize },
     /// A storage call took longer than the janitor allows.
     #[error("{what}: no answer from storage within {secs} s")]
     StorageTimeout { what: String, secs: u64 },

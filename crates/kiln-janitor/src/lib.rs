@@ -6,6 +6,10 @@
 //!   janitors (a Postgres advisory lock, see [`kiln_queue::Leadership`]);
 //! - `once` runs every task once and reports ([`once`]).
 //!
+//! [`execute`] runs one of these [`Command`]s as the binary does, printing
+//! what it did on stdout; `src/main.rs` only parses the arguments and loads
+//! the configuration.
+//!
 //! The tasks ([`Janitor`]) are idempotent: rescue of lapsed leases, the
 //! retry nudge, gone workers, expiry of old builds (objects, then rows) and
 //! pruning of old rows. Each run logs one line
@@ -28,6 +32,55 @@ use kiln_storage::Storage;
 pub use error::JanitorError;
 pub use janitor::{Janitor, JanitorSettings};
 pub use task::{Counts, Task, TaskReport};
+
+/// What `kiln-janitor` is asked to do.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Apply the database migrations, then exit.
+    Migrate,
+    /// Migrate, then run the tasks on their schedules until SIGTERM or SIGINT.
+    Run,
+    /// Run every task once, print what each did, then exit (1 if any failed).
+    Once {
+        /// Print JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Run `command` as janitor `id`; `shutdown` ends `run`. What `migrate` and
+/// `once` did is printed on stdout.
+pub async fn execute(
+    command: Command,
+    config: &Config,
+    id: String,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), JanitorError> {
+    let settings = JanitorSettings::from_config(config, id);
+    match command {
+        Command::Migrate => {
+            let applied = migrate(config).await?;
+            let applied = if applied.is_empty() { "none (up to date)".into() } else { applied.join(", ") };
+            println!("migrations applied: {applied}");
+        }
+        Command::Run => run(config, settings, shutdown).await?,
+        Command::Once { json } => {
+            let reports = once(config, settings).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports).expect("reports serialize"));
+            } else {
+                for r in &reports {
+                    println!("{}", r.summary());
+                }
+            }
+            let failed: Vec<String> = reports.iter().filter(|r| !r.ok).map(|r| r.task.to_string()).collect();
+            if !failed.is_empty() {
+                return Err(JanitorError::TasksFailed { failed, total: reports.len() });
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Apply pending migrations; returns the names of those applied. Safe to
 /// run from several processes at once.
@@ -54,7 +107,7 @@ pub async fn run(
     settings: JanitorSettings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), JanitorError> {
-    schedule::check_schedules(&config.janitor.schedules)?;
+    schedule::check_schedules(config)?;
     let applied = migrate(config).await?;
     tracing::info!(janitor = %settings.id, ?applied, "migrations applied");
     let janitor = Arc::new(connect(config, settings).await?);

@@ -13,24 +13,35 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use kiln_config::JanitorSchedules;
+use kiln_config::{Config, ConfigError, JanitorSchedules};
 use kiln_queue::Leadership;
 use tokio::sync::Mutex;
-use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 use crate::task::Task;
 use crate::{Janitor, JanitorError};
 
-/// Check every schedule parses, naming the key of the first that does not.
-pub fn check_schedules(schedules: &JanitorSchedules) -> Result<(), JanitorError> {
+/// Check every schedule of `janitor.schedules` parses; the error names the
+/// file and the key of the first that does not.
+pub fn check_schedules(config: &Config) -> Result<(), ConfigError> {
+    let schedules = &config.janitor.schedules;
     for task in Task::ALL {
-        job(task, schedules, |_| async {})?;
+        job(task, schedules, |_| async {}).map_err(|_| {
+            config.invalid(
+                format!("janitor.schedules.{}", task.name()),
+                format!(
+                    "{:?} is not a cron expression with seconds \
+                     (six fields: sec min hour day-of-month month day-of-week)",
+                    task.schedule(schedules)
+                ),
+            )
+        })?;
     }
     Ok(())
 }
 
 /// A cron job for `task` that calls `tick(task)`.
-fn job<F, Fut>(task: Task, schedules: &JanitorSchedules, tick: F) -> Result<Job, JanitorError>
+fn job<F, Fut>(task: Task, schedules: &JanitorSchedules, tick: F) -> Result<Job, JobSchedulerError>
 where
     F: Fn(Task) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -41,7 +52,6 @@ where
         let tick = tick.clone();
         Box::pin(async move { tick(task).await })
     })
-    .map_err(|_| JanitorError::Schedule { key: format!("janitor.schedules.{}", task.name()), expr: expr.to_owned() })
 }
 
 /// Whether we lead, and whether we said so.
@@ -96,13 +106,12 @@ impl Scheduled {
     }
 }
 
-/// Run the tasks on `schedules` until `shutdown` completes.
+/// Run the tasks on `schedules` (see [`check_schedules`]) until `shutdown` completes.
 pub async fn run_schedules(
     janitor: Arc<Janitor>,
     schedules: &JanitorSchedules,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), JanitorError> {
-    check_schedules(schedules)?;
     let leadership = janitor.queue().leadership(&janitor.settings().id);
     let scheduled = Arc::new(Scheduled {
         janitor,
@@ -117,7 +126,8 @@ pub async fn run_schedules(
         let job = job(task, schedules, move |task| {
             let s = s.clone();
             async move { s.tick(task).await }
-        })?;
+        })
+        .map_err(sched_err)?;
         sched.add(job).await.map_err(sched_err)?;
         tracing::info!(task = task.name(), schedule = task.schedule(schedules), "scheduled");
     }

@@ -15,4 +15,22 @@ pub mod render;
 mod workdir;
 pub mod worker;
 
+use kiln_config::Config;
+use tokio_util::sync::CancellationToken;
+
 pub use worker::{Exit, RunOptions, Worker, WorkerError};
+
+/// The whole `kiln-worker` process: [`Worker::start`], then [`Worker::run`]
+/// until `shutdown` (the first SIGTERM or SIGINT), preemption, or with
+/// `once` the end of one job. `hurry` (a second signal) hands running jobs
+/// back at once instead of waiting out `worker.shutdown_grace_secs`.
+pub async fn serve(
+    config: Config,
+    options: RunOptions,
+    shutdown: CancellationToken,
+    hurry: CancellationToken,
+) -> Result<Exit, WorkerError> {
+    let exit = Worker::start(config).await?.run(options, shutdown, hurry).await?;
+    tracing::info!(?exit, "worker exiting");
+    Ok(exit)
+}

@@ -14,7 +14,7 @@
 //!   worker `preempted`; exit.
 //! - `once`: after the first claimed job has ended.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,8 +41,8 @@ pub enum WorkerError {
     Storage(#[from] StorageError),
     #[error("signing key: {0}")]
     Signing(#[from] ArtifactError),
-    #[error("{0}")]
-    Config(String),
+    #[error("worker.work_dir: {0}")]
+    WorkDir(String),
 }
 
 /// Options of one run.
@@ -70,29 +70,12 @@ pub struct Worker {
     recipes: Vec<String>,
 }
 
-/// `<hostname>-<pid>`.
-pub fn default_worker_id(host: &str) -> String {
-    format!("{host}-{}", std::process::id())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".into())
-}
-
 impl Worker {
     /// Connect to everything, clean up after a previous life, register.
     pub async fn start(config: Config) -> Result<Worker, WorkerError> {
-        let host = hostname();
-        let worker_id =
-            config.worker.id.clone().filter(|id| !id.trim().is_empty()).unwrap_or_else(|| default_worker_id(&host));
-        if worker_id.len() > 200 || worker_id.chars().any(|c| c.is_control()) {
-            return Err(WorkerError::Config("worker.id: at most 200 printable characters".into()));
-        }
-        let recipes = served_recipes(&config)?;
+        let host = kiln_process::host_name();
+        let worker_id = kiln_process::instance_id(config.worker.id.as_deref());
+        let recipes = served_recipes(&config);
 
         let queue = Queue::connect(
             config.database.url.expose(),
@@ -105,7 +88,7 @@ impl Worker {
         let storage = Storage::from_config(&config.storage)?;
         let signer = Arc::new(Signer::load(&config.signing.secret_key)?);
         std::fs::create_dir_all(&config.worker.work_dir)
-            .map_err(|e| WorkerError::Config(format!("worker.work_dir {}: {e}", config.worker.work_dir.display())))?;
+            .map_err(|e| WorkerError::WorkDir(format!("{}: {e}", config.worker.work_dir.display())))?;
 
         let ctx = JobContext { worker_id, host, config: Arc::new(config), queue, storage, signer, engine };
         remove_orphans(&ctx).await?;
@@ -272,18 +255,14 @@ async fn set_state(ctx: &JobContext, state: WorkerState, note: &str) {
     }
 }
 
-/// The recipes this worker claims: `worker.recipes`, or every configured one.
-fn served_recipes(config: &Config) -> Result<Vec<String>, WorkerError> {
+/// The recipes this worker claims: `worker.recipes` (checked against the
+/// configured recipes when the configuration was loaded), or every one.
+fn served_recipes(config: &Config) -> Vec<String> {
     if config.worker.recipes.is_empty() {
-        return Ok(config.recipes.keys().cloned().collect());
+        config.recipes.keys().cloned().collect()
+    } else {
+        config.worker.recipes.clone()
     }
-    let known: BTreeSet<&String> = config.recipes.keys().collect();
-    for r in &config.worker.recipes {
-        if !known.contains(r) {
-            return Err(WorkerError::Config(format!("worker.recipes: {r:?} is not a recipe in this configuration")));
-        }
-    }
-    Ok(config.worker.recipes.clone())
 }
 
 /// Remove step containers no live job owns: this worker's own (left by a
