@@ -155,14 +155,11 @@ fn content_type(info: &ObjectInfo) -> HeaderValue {
 
 /// The strong ETag of an object: its SHA-256 when the worker recorded one.
 pub fn etag(build: &Build, name: ObjectName, info: &ObjectInfo) -> String {
-    let section = match name {
-        ObjectName::Artifact => Some("artifact"),
-        ObjectName::Binary => Some("binary"),
-        ObjectName::Log => Some("log"),
+    let sha = build.artifact.as_ref().and_then(|m| match name {
+        ObjectName::Artifact => Some(&m.artifact.sha256),
+        ObjectName::Binary => Some(&m.binary.sha256),
+        ObjectName::Log => Some(&m.log.sha256),
         _ => None,
-    };
-    let sha = section.and_then(|s| {
-        build.artifact.as_ref()?.get(s)?.get("sha256")?.as_str().filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
     });
     match (sha, &info.etag) {
         (Some(h), _) => format!("\"sha256-{h}\""),

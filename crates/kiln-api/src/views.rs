@@ -1,6 +1,6 @@
 //! The JSON shapes the API answers with.
 
-use kiln_domain::BuildState;
+use kiln_domain::{BuildManifest, BuildState};
 use kiln_queue::Build;
 use serde::Serialize;
 
@@ -30,8 +30,8 @@ pub struct BuildView {
     pub updated_at: chrono::DateTime<chrono::Utc>,
     pub started_at: Option<chrono::DateTime<chrono::Utc>>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// What was stored (sizes, SHA-256s), once succeeded.
-    pub artifact: Option<serde_json::Value>,
+    /// What was stored (sizes, SHA-256s), once succeeded: the build's manifest.
+    pub artifact: Option<BuildManifest>,
     pub links: Links,
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kiln_artifact::PublicKey;
-use kiln_domain::{BuildKey, BuildRequest, BuildState};
+use kiln_domain::{BuildKey, BuildManifest, BuildRequest, BuildState};
 use serde::Deserialize;
 
 use crate::error::Failure;
@@ -46,9 +46,10 @@ pub struct Build {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub finished_at: Option<DateTime<Utc>>,
-    /// What the worker stored (sizes, SHA-256s, the main binary's name).
+    /// What the worker stored (sizes, SHA-256s, the main binary's name):
+    /// the build's manifest, once it succeeded.
     #[serde(default)]
-    pub artifact: Option<serde_json::Value>,
+    pub artifact: Option<BuildManifest>,
     #[serde(default)]
     pub links: Links,
     /// The JSON as the server sent it, for `--json`.
@@ -75,7 +76,7 @@ pub struct Links {
 impl Build {
     /// The name of the main binary inside the artifact, as the worker recorded it.
     pub fn binary_name(&self) -> Option<&str> {
-        self.artifact.as_ref()?.get("binary")?.get("name")?.as_str()
+        self.artifact.as_ref().map(|m| m.binary.name.as_str())
     }
 
     /// The failure of a build that ended `failed` or `cancelled`.

@@ -25,8 +25,7 @@ impl BuildKey {
     }
 
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
-        let ok = s.len() == KEY_LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if ok {
+        if is_sha256_hex(s) {
             Ok(Self(s.to_owned()))
         } else {
             Err(ValidationError::new(
@@ -45,6 +44,11 @@ impl BuildKey {
     pub fn short(&self) -> &str {
         &self.0[..12]
     }
+}
+
+/// Exactly 64 lowercase hex characters.
+pub(crate) fn is_sha256_hex(s: &str) -> bool {
+    s.len() == KEY_LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 impl fmt::Display for BuildKey {

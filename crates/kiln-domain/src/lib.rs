@@ -1,8 +1,9 @@
 //! Kiln's domain model, free of I/O.
 //!
 //! This crate knows what a build *is*: the request a user sends, how it is
-//! validated against a [`Recipe`], how versions are chosen, and how the
-//! resolved request becomes a content-addressed [`BuildKey`]; what a
+//! validated against a [`Recipe`], how versions are chosen, how the
+//! resolved request becomes a content-addressed [`BuildKey`], and what a
+//! succeeded build recorded about itself ([`BuildManifest`]); what a
 //! recipe's container image holds ([`OciSpec`]) and what a registry name,
 //! tag or digest means ([`image_ref`]). It knows no
 //! database, no Docker, no HTTP and no file system; every other crate builds
@@ -11,6 +12,7 @@
 pub mod digest;
 pub mod image_ref;
 pub mod key;
+pub mod manifest;
 pub mod module;
 pub mod oci;
 pub mod platform;
@@ -25,6 +27,7 @@ pub use digest::OciDigest;
 pub use error::ValidationError;
 pub use image_ref::{ImageName, ImageRefError, Reference, RegistryCode, Tag};
 pub use key::BuildKey;
+pub use manifest::{BuildManifest, Sha256Hex};
 pub use module::ModulePath;
 pub use oci::{ImagePath, OciFile, OciSpec, OutPath, Port};
 pub use platform::Platform;

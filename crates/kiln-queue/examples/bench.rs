@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
                 let id = format!("bench-{w}");
                 let mut done = 0usize;
                 while let Some(c) = queue.claim(&id, &[]).await.unwrap() {
-                    queue.complete(&c.lease, &serde_json::json!({})).await.unwrap();
+                    queue.complete(&c.lease, &kiln_testkit::rows::manifest(&c.spec, &id)).await.unwrap();
                     done += 1;
                 }
                 done
@@ -94,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let c = queue.claim("idle", &[]).await?.expect("a job after its notification");
         latencies.push(t.elapsed());
-        queue.complete(&c.lease, &serde_json::json!({})).await?;
+        queue.complete(&c.lease, &kiln_testkit::rows::manifest(&c.spec, "idle")).await?;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     latencies.sort();

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kiln_domain::{AttemptOutcome, BuildKey, BuildSpec, BuildState, FailureKind, WorkerState};
+use kiln_domain::{AttemptOutcome, BuildKey, BuildManifest, BuildSpec, BuildState, FailureKind, WorkerState};
 use serde::Serialize;
 
 /// Timing and budgets of the queue, from `kiln_config::QueueConfig`.
@@ -62,7 +62,8 @@ pub struct Build {
     pub cancel_requested: bool,
     pub error: Option<String>,
     pub failure_kind: Option<FailureKind>,
-    pub artifact: Option<serde_json::Value>,
+    /// What the worker stored, once succeeded (the `artifact` column).
+    pub artifact: Option<BuildManifest>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,

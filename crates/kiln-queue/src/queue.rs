@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kiln_domain::{AttemptOutcome, BuildKey, BuildSpec, BuildState, WorkerState};
+use kiln_domain::{AttemptOutcome, BuildKey, BuildManifest, BuildSpec, BuildState, WorkerState};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 
@@ -33,6 +33,7 @@ fn build_from_row(row: &PgRow) -> Result<Build, QueueError> {
     let spec: serde_json::Value = row.try_get("spec")?;
     let state: String = row.try_get("state")?;
     let failure_kind: Option<String> = row.try_get("failure_kind")?;
+    let artifact: Option<serde_json::Value> = row.try_get("artifact")?;
     Ok(Build {
         key: BuildKey::parse(&key).map_err(|e| corrupt(e.to_string()))?,
         recipe: row.try_get("recipe")?,
@@ -47,7 +48,7 @@ fn build_from_row(row: &PgRow) -> Result<Build, QueueError> {
         cancel_requested: row.try_get("cancel_requested")?,
         error: row.try_get("error")?,
         failure_kind: failure_kind.map(|k| k.parse()).transpose().map_err(corrupt)?,
-        artifact: row.try_get("artifact")?,
+        artifact: artifact.map(serde_json::from_value).transpose().map_err(|e| corrupt(format!("artifact: {e}")))?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         started_at: row.try_get("started_at")?,
@@ -348,12 +349,13 @@ impl Queue {
     }
 
     /// The build succeeded: record what was stored. Fenced.
-    pub async fn complete(&self, lease: &Lease, artifact: &serde_json::Value) -> Result<(), QueueError> {
+    pub async fn complete(&self, lease: &Lease, manifest: &BuildManifest) -> Result<(), QueueError> {
+        let artifact = sqlx::types::Json(manifest);
         let sql = end_attempt_sql!(
             "state = 'succeeded', artifact = $6, error = NULL, failure_kind = NULL",
             finished = "now()"
         );
-        self.end_attempt(lease, sql, AttemptOutcome::Succeeded, None, |q| q.bind(artifact)).await.map(drop)
+        self.end_attempt(lease, sql, AttemptOutcome::Succeeded, None, move |q| q.bind(artifact)).await.map(drop)
     }
 
     /// The build failed deterministically (a step exited non-zero): final,

@@ -1,6 +1,6 @@
 //! Crafted queue rows for tests of the queue and the janitor.
 
-use kiln_domain::{BuildKey, BuildSpec, BuildState, Version};
+use kiln_domain::{BuildKey, BuildManifest, BuildSpec, BuildState, Version};
 use kiln_queue::Queue;
 
 use crate::TestDb;
@@ -17,6 +17,31 @@ pub fn spec(recipe: &str, n: u64) -> BuildSpec {
     }
 }
 
+/// A manifest for `spec` as worker `worker` would record it, with made-up
+/// sizes, digests and times.
+pub fn manifest(spec: &BuildSpec, worker: &str) -> BuildManifest {
+    let key = spec.key();
+    let sha = "0".repeat(64);
+    let p = &spec.platform;
+    let at = "2025-01-01T00:00:00Z";
+    serde_json::from_value(serde_json::json!({
+        "schema_version": kiln_domain::manifest::SCHEMA_VERSION,
+        "key": key, "request": spec, "recipe": spec.recipe, "recipe_revision": spec.recipe_revision,
+        "version": spec.version, "platform": p, "os": p.os, "arch": p.arch,
+        "arm": p.arm.map(|a| a.to_string()).unwrap_or_default(),
+        "plugins": spec.plugins, "replacements": spec.replacements,
+        "image": {"name": "kiln-test/busybox:latest", "id": format!("sha256:{sha}"), "repo_digests": []},
+        "worker": {"id": worker, "host": "test", "version": "0"},
+        "attempt": {"id": 1, "number": 1},
+        "started_at": at, "steps_finished_at": at, "finished_at": at, "steps": [],
+        "artifact": {"name": "artifact.tar", "size": 0, "sha256": sha, "entries": []},
+        "binary": {"name": "binary", "size": 0, "sha256": sha},
+        "signature": {"name": "artifact.tar.minisig", "key_id": "0", "trusted_comment": format!("kiln build {key}")},
+        "log": {"name": "log.txt", "size": 0, "sha256": sha, "dropped_bytes": 0},
+    }))
+    .expect("a well-formed manifest")
+}
+
 impl TestDb {
     /// Make every running lease lapse now, as if time had passed.
     pub async fn lapse_all_leases(&self) {
@@ -31,12 +56,13 @@ impl TestDb {
 /// `state` by worker `w`, with one live-log chunk, then aged so that it
 /// ended `hours_ago`.
 pub async fn finished(db: &TestDb, queue: &Queue, recipe: &str, n: u64, state: BuildState, hours_ago: u32) -> BuildKey {
-    let key = queue.enqueue(&spec(recipe, n), 0).await.expect("enqueue").build.key;
+    let spec = spec(recipe, n);
+    let key = queue.enqueue(&spec, 0).await.expect("enqueue").build.key;
     let claim = queue.claim("w", &[recipe.to_owned()]).await.expect("claim").expect("a claimable build");
     assert_eq!(claim.lease.key, key);
     queue.append_log(&claim.lease, &format!("output of {recipe} {n}\n")).await.expect("append log");
     match state {
-        BuildState::Succeeded => queue.complete(&claim.lease, &serde_json::json!({})).await.expect("complete"),
+        BuildState::Succeeded => queue.complete(&claim.lease, &manifest(&spec, "w")).await.expect("complete"),
         BuildState::Failed => queue.fail_build(&claim.lease, "exit 1").await.expect("fail"),
         BuildState::Cancelled => {
             queue.cancel(&key).await.expect("cancel");

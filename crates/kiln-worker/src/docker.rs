@@ -29,11 +29,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Label carrying the build key on every step container.
-pub const LABEL_BUILD: &str = "kiln.build";
+pub(crate) const LABEL_BUILD: &str = "kiln.build";
 /// Label carrying the worker id on every step container.
-pub const LABEL_WORKER: &str = "kiln.worker";
+pub(crate) const LABEL_WORKER: &str = "kiln.worker";
 /// Label carrying the step name.
-pub const LABEL_STEP: &str = "kiln.step";
+pub(crate) const LABEL_STEP: &str = "kiln.step";
 
 /// The Docker daemon failed us: an infrastructure problem, worth a retry.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +48,7 @@ pub enum DockerError {
 
 /// The image a build ran on.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ImageInfo {
+pub(crate) struct ImageInfo {
     /// The image as the recipe names it.
     pub name: String,
     /// The local image id (`sha256:…`).
@@ -107,12 +107,8 @@ impl Engine {
         Ok(Engine { docker })
     }
 
-    pub fn docker(&self) -> &Docker {
-        &self.docker
-    }
-
     /// Make sure `image` is present: pull it when missing and `pull` is set.
-    pub async fn ensure_image(&self, image: &str, pull: bool) -> Result<ImageInfo, DockerError> {
+    pub(crate) async fn ensure_image(&self, image: &str, pull: bool) -> Result<ImageInfo, DockerError> {
         match self.docker.inspect_image(image).await {
             Ok(i) => return Ok(image_info(image, i)),
             Err(e) if !is_not_found(&e) => return Err(e.into()),
@@ -134,7 +130,7 @@ impl Engine {
     /// one-off container from the recipe image, with `CAP_CHOWN` as its only
     /// capability and no network, runs `chown` on the volume's root (not
     /// recursively: what the steps wrote is theirs already).
-    pub async fn prepare_cache(&self, image: &str, cache: &CacheVolume, user: &str) -> Result<(), DockerError> {
+    pub(crate) async fn prepare_cache(&self, image: &str, cache: &CacheVolume, user: &str) -> Result<(), DockerError> {
         let body = ContainerCreateBody {
             image: Some(image.to_owned()),
             cmd: Some(vec!["chown".into(), user.to_owned(), cache.path.clone()]),
@@ -266,13 +262,17 @@ impl Engine {
     }
 
     /// Kill and remove every container carrying `label=value`. Returns how many.
-    pub async fn remove_labelled(&self, label: &str, value: &str) -> Result<usize, DockerError> {
+    pub(crate) async fn remove_labelled(&self, label: &str, value: &str) -> Result<usize, DockerError> {
         let found = self.list(&format!("{label}={value}")).await?;
         self.remove_ids(&found.into_iter().filter_map(|c| c.id).collect::<Vec<_>>()).await
     }
 
     /// Containers carrying `label`, grouped by the value of `group`.
-    pub async fn labelled_by(&self, label: &str, group: &str) -> Result<HashMap<String, Vec<String>>, DockerError> {
+    pub(crate) async fn labelled_by(
+        &self,
+        label: &str,
+        group: &str,
+    ) -> Result<HashMap<String, Vec<String>>, DockerError> {
         let mut out: HashMap<String, Vec<String>> = HashMap::new();
         for c in self.list(label).await? {
             let value = c.labels.as_ref().and_then(|l| l.get(group)).cloned();
@@ -284,7 +284,7 @@ impl Engine {
     }
 
     /// Kill and remove these containers. Returns how many were removed.
-    pub async fn remove_ids(&self, ids: &[String]) -> Result<usize, DockerError> {
+    pub(crate) async fn remove_ids(&self, ids: &[String]) -> Result<usize, DockerError> {
         let mut removed = 0;
         for id in ids {
             let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };

@@ -1,23 +1,36 @@
 //! The build worker: claims jobs, runs isolated Docker steps, uploads signed artifacts.
 //!
+//! - `worker`: the loop that registers, claims, and stops cleanly.
+//! - `job`: one claimed job from the first step to the completed build,
+//!   with its parts: `fence` (the lease: renewal, and the fence before any
+//!   upload), `failure` (build failures vs infrastructure failures),
+//!   `workdir` (the per-attempt directory mounted at `/work`), `manifest`
+//!   (the `build.json` it records), `control` (stopping a job from outside).
 //! - [`render`]: a recipe's step templates rendered for one build (pure).
 //! - [`docker`]: one step in a fresh, locked-down container.
-//! - [`log`]: the live log, batched into Postgres and kept for `log.txt`.
-//! - [`job`]: one claimed job from the first step to the completed build.
-//! - [`preempt`]: the preemption detectors (GCE, AWS, Azure, a file).
-//! - [`worker`]: the loop that registers, claims, and stops cleanly.
+//! - `log`: the live log, batched into Postgres and kept for `log.txt`.
+//! - `preempt`: the preemption detectors (GCE, AWS, Azure, a file).
+//!
+//! [`render`] and [`docker`] are public for the recipe tests, which run
+//! rendered steps in real containers; the rest is the crate's own.
 
+mod control;
 pub mod docker;
-pub mod job;
-pub mod log;
-pub mod preempt;
+mod failure;
+mod fence;
+mod job;
+mod log;
+mod manifest;
+mod preempt;
 pub mod render;
 mod workdir;
-pub mod worker;
+mod worker;
 
 use kiln_config::Config;
 use tokio_util::sync::CancellationToken;
 
+pub use control::StopReason;
+pub use job::JobEnd;
 pub use worker::{Exit, RunOptions, Worker, WorkerError};
 
 /// The whole `kiln-worker` process: [`Worker::start`], then [`Worker::run`]

@@ -86,13 +86,6 @@ pub struct LogRecord {
     pub live_error: Option<String>,
 }
 
-impl LogRecord {
-    /// The last `lines` lines, for error messages.
-    pub fn tail(&self, lines: usize) -> String {
-        tail(&self.text, lines)
-    }
-}
-
 /// The last `lines` lines of `text`, at most 4 KiB.
 pub fn tail(text: &str, lines: usize) -> String {
     let trimmed = text.trim_end();
@@ -171,6 +164,37 @@ pub async fn pump(queue: Queue, lease: Lease, mut rx: mpsc::Receiver<Bytes>) -> 
             }
         }
     }
+}
+
+/// The last bytes of a step's output, quoted when the step fails.
+#[derive(Debug, Default)]
+pub(crate) struct TailBuffer {
+    bytes: std::collections::VecDeque<u8>,
+}
+
+impl TailBuffer {
+    const MAX: usize = 8 * 1024;
+
+    pub(crate) fn push(&mut self, chunk: &[u8]) {
+        let chunk = &chunk[chunk.len().saturating_sub(Self::MAX)..];
+        let overflow = (self.bytes.len() + chunk.len()).saturating_sub(Self::MAX);
+        self.bytes.drain(..overflow);
+        self.bytes.extend(chunk);
+    }
+
+    pub(crate) fn text(&self) -> String {
+        let (a, b) = self.bytes.as_slices();
+        String::from_utf8_lossy(&[a, b].concat()).into_owned()
+    }
+}
+
+/// An argv as one readable line for the log (not for any shell).
+pub(crate) fn quote_argv(argv: &[String]) -> String {
+    let quote = |a: &String| {
+        let plain = !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+%".contains(c));
+        if plain { a.clone() } else { format!("{a:?}") }
+    };
+    argv.iter().map(quote).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ pub struct RenderError {
 
 /// The values templates see.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Params {
+pub(crate) struct Params {
     /// `v1.2.3`.
     pub version: String,
     pub version_major: u64,
@@ -56,7 +56,7 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn new(recipe: &Recipe, spec: &BuildSpec) -> Self {
+    pub(crate) fn new(recipe: &Recipe, spec: &BuildSpec) -> Self {
         let mut plugins = spec.plugins.clone();
         plugins.sort();
         let mut replacements = spec.replacements.clone();
@@ -124,7 +124,7 @@ pub fn render_steps(recipe_name: &str, recipe: &Recipe, spec: &BuildSpec) -> Res
 }
 
 /// Render one step with `params`.
-pub fn render_step(recipe_name: &str, step: &Step, params: &Params) -> Result<RenderedStep, RenderError> {
+pub(crate) fn render_step(recipe_name: &str, step: &Step, params: &Params) -> Result<RenderedStep, RenderError> {
     let env = environment();
     let ctx = params.context();
     let fail = |part: String, e: minijinja::Error| RenderError {

@@ -1,17 +1,72 @@
-//! The per-attempt temporary directory on the host, mounted at `/work`.
+//! The per-attempt temporary directory on the host, mounted at `/work`
+//! ([`WorkDir`]).
 //!
 //! Its root belongs to the worker and is not writable by the step user, so a
 //! step cannot swap `src/` or `out/` for something else; `src/` and `out/`
 //! belong to the step user (when the worker may `chown`, i.e. runs as root)
-//! or are world-writable (when it may not).
+//! or are world-writable (when it may not). It is removed on every path:
+//! explicitly after a successful upload, or when dropped.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use kiln_domain::BuildKey;
+
+use crate::failure::{Failure, io_failure};
+
+/// The attempt's temporary directory: `src/` and `out/` writable by the step
+/// user, mounted at `/work`. Removed when dropped.
+#[derive(Debug)]
+pub(crate) struct WorkDir {
+    root: PathBuf,
+    guard: Option<tempfile::TempDir>,
+}
+
+impl WorkDir {
+    /// A new directory for build `key` under `work_dir`, for step user `user`.
+    pub(crate) fn create(work_dir: &Path, key: &BuildKey, user: &str) -> Result<WorkDir, Failure> {
+        std::fs::create_dir_all(work_dir).map_err(io_failure("creating", work_dir))?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}-", key.short()))
+            .tempdir_in(work_dir)
+            .map_err(io_failure("creating a directory in", work_dir))?;
+        let root = dir.path().canonicalize().map_err(io_failure("resolving", dir.path()))?;
+        prepare(&root, user).map_err(|e| Failure::Infra(format!("{}: {e}", root.display())))?;
+        Ok(WorkDir { root, guard: Some(dir) })
+    }
+
+    /// The directory mounted at `/work`.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn out(&self) -> PathBuf {
+        self.root.join("out")
+    }
+
+    /// Remove the directory now, off the async threads.
+    pub(crate) async fn remove(mut self) {
+        if let Some(dir) = self.guard.take() {
+            let _ = tokio::task::spawn_blocking(move || remove(dir)).await;
+        }
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Some(dir) = self.guard.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || remove(dir))),
+                Err(_) => remove(dir),
+            }
+        }
+    }
+}
 
 /// Make `root` traversable and create `src/` and `out/` for the step user
 /// `user` (`uid[:gid]`).
-pub fn prepare(root: &Path, user: &str) -> io::Result<()> {
+fn prepare(root: &Path, user: &str) -> io::Result<()> {
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))?;
     let (uid, gid) = parse_user(user);
     for sub in ["src", "out"] {
@@ -33,7 +88,7 @@ fn parse_user(user: &str) -> (Option<u32>, Option<u32>) {
 /// Delete the directory. Steps may leave read-only directories behind (Go's
 /// module cache does), which a non-root worker cannot empty: make everything
 /// writable and try again before giving up.
-pub fn remove(dir: tempfile::TempDir) {
+fn remove(dir: tempfile::TempDir) {
     let path = dir.path().to_path_buf();
     if dir.close().is_ok() {
         return;

@@ -26,8 +26,9 @@ use kiln_storage::{Storage, StorageError};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::{JobControl, StopReason};
 use crate::docker::{DockerError, Engine, LABEL_BUILD, LABEL_WORKER};
-use crate::job::{self, JobContext, JobControl, JobEnd, StopReason};
+use crate::job::{self, JobContext, JobEnd};
 use crate::preempt::{self, Detector};
 
 /// The worker could not start, or lost something it cannot do without.

@@ -3,6 +3,7 @@
 mod client;
 mod farm;
 mod keygen;
+mod manifest;
 mod verify;
 
 use std::path::Path;

@@ -26,7 +26,7 @@ async fn eight_claimers_over_500_jobs_claim_each_exactly_once() {
             let worker = format!("w{w}");
             while let Some(claim) = queue.claim(&worker, &[]).await.unwrap() {
                 seen.lock().await.push(claim.lease.key.to_string());
-                queue.complete(&claim.lease, &serde_json::json!({})).await.unwrap();
+                queue.complete(&claim.lease, &kiln_testkit::rows::manifest(&claim.spec, &worker)).await.unwrap();
             }
         }));
     }

@@ -3,6 +3,7 @@
 use kiln_domain::{AttemptOutcome, BuildState, WorkerState};
 use kiln_queue::{HandBack, QueueError, WorkerInfo};
 use kiln_testkit::TestDb;
+use kiln_testkit::rows::manifest;
 
 use crate::support::{settings, spec};
 
@@ -27,7 +28,7 @@ async fn a_rescued_worker_cannot_complete_fail_or_heartbeat_the_new_attempt() {
     let new = queue.claim("new", &[]).await.unwrap().unwrap();
     assert_ne!(new.lease.attempt_id, old.lease.attempt_id);
     assert!(is_lost(queue.heartbeat(&old.lease).await));
-    assert!(is_lost(queue.complete(&old.lease, &serde_json::json!({"from": "old"})).await));
+    assert!(is_lost(queue.complete(&old.lease, &manifest(&old.spec, "old")).await));
     assert!(is_lost(queue.fail_build(&old.lease, "old says failed").await));
     assert!(is_lost(queue.fail_infra(&old.lease, "old says infra").await));
     assert!(is_lost(queue.hand_back(&old.lease, HandBack::Preempted, "old").await));
@@ -35,14 +36,14 @@ async fn a_rescued_worker_cannot_complete_fail_or_heartbeat_the_new_attempt() {
     // Even the same worker id with the old token is refused.
     let mut forged = old.lease.clone();
     forged.worker_id = "new".into();
-    assert!(is_lost(queue.complete(&forged, &serde_json::json!({})).await));
+    assert!(is_lost(queue.complete(&forged, &manifest(&old.spec, "new")).await));
 
     queue.heartbeat(&new.lease).await.unwrap();
     queue.append_log(&new.lease, "new output\n").await.unwrap();
-    queue.complete(&new.lease, &serde_json::json!({"from": "new"})).await.unwrap();
+    queue.complete(&new.lease, &manifest(&new.spec, "new")).await.unwrap();
     let b = queue.get(&s.key()).await.unwrap().unwrap();
     assert_eq!(b.state, BuildState::Succeeded);
-    assert_eq!(b.artifact, Some(serde_json::json!({"from": "new"})));
+    assert_eq!(b.artifact, Some(manifest(&new.spec, "new")));
     assert_eq!(queue.log_text(&s.key()).await.unwrap(), "new output\n");
     let outcomes: Vec<_> = queue.attempts(&s.key()).await.unwrap().into_iter().map(|a| a.outcome).collect();
     assert_eq!(outcomes, vec![Some(AttemptOutcome::LeaseLapsed), Some(AttemptOutcome::Succeeded)]);

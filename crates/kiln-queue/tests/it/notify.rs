@@ -52,7 +52,7 @@ async fn a_waiter_is_woken_when_its_key_changes_state() {
     assert_eq!(n, Notification::Build { key: key.clone(), state: "running".into() });
     queue.append_log(&claim.lease, "line\n").await.unwrap();
     expect(&mut rx, |n| *n == Notification::Events { key: key.clone() }).await;
-    queue.complete(&claim.lease, &serde_json::json!({})).await.unwrap();
+    queue.complete(&claim.lease, &kiln_testkit::rows::manifest(&claim.spec, "w")).await.unwrap();
     expect(&mut rx, |n| *n == Notification::Build { key: key.clone(), state: "succeeded".into() }).await;
 
     // The state changes are in the event stream too, in order.

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use kiln_domain::{BuildState, FailureKind};
 use kiln_storage::ObjectName;
 use kiln_worker::Exit;
-use kiln_worker::job::JobEnd;
+use kiln_worker::JobEnd;
 use serde_json::Value;
 
 use crate::farm::{Farm, containers_of, entries};
@@ -89,8 +89,10 @@ async fn hello_with_two_plugins_is_built_signed_and_stored() {
     let log = farm.object(&key, ObjectName::Log).await;
     assert_eq!(manifest["log"]["sha256"], sha256_hex(&log));
     assert_eq!(manifest["signature"]["key_id"], farm.public_key.key_id());
-    // The queue recorded the same facts.
-    assert_eq!(build.artifact.as_ref(), Some(&manifest));
+    // The queue recorded the same facts, as the type the API and the CLI read.
+    let typed: kiln_domain::BuildManifest = serde_json::from_value(manifest.clone()).unwrap();
+    assert_eq!(manifest["schema_version"], kiln_domain::manifest::SCHEMA_VERSION);
+    assert_eq!(build.artifact.as_ref(), Some(&typed));
 
     // The log tells the story; nothing is left behind.
     let log = String::from_utf8(log).unwrap();

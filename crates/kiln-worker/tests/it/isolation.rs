@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kiln_domain::BuildState;
 use kiln_worker::Exit;
-use kiln_worker::job::JobEnd;
+use kiln_worker::JobEnd;
 
 use crate::farm::{Farm, containers_of, entries};
 

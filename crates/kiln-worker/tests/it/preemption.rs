@@ -12,7 +12,7 @@ use axum::routing::{get, put};
 use kiln_config::PreemptionDetector;
 use kiln_domain::{AttemptOutcome, BuildKey, BuildState, WorkerState};
 use kiln_worker::Exit;
-use kiln_worker::job::JobEnd;
+use kiln_worker::JobEnd;
 
 use crate::farm::{Farm, PATIENCE, containers_of, wait_exit};
 

@@ -4,7 +4,7 @@ use std::process::Stdio;
 
 use kiln_domain::{AttemptOutcome, BuildState, WorkerState};
 use kiln_worker::Exit;
-use kiln_worker::job::JobEnd;
+use kiln_worker::JobEnd;
 
 use crate::farm::{Farm, containers_of, sigterm, wait_exit};
 
