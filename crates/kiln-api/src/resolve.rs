@@ -88,10 +88,15 @@ impl Resolver {
             } else if recipe.plugins.go_proxy {
                 self.choose_proxy(&field, module, wanted).await?
             } else {
+                let known: Vec<&str> = recipe.plugins.versions.keys().map(String::as_str).collect();
                 return Err(ApiError::bad_request(
-                    field,
-                    "unknown_version",
-                    format!("recipe {} lists no versions for plugin {module}", req.recipe),
+                    format!("plugins[{i}].module"),
+                    "unknown_plugin",
+                    format!(
+                        "recipe {} has no plugin {module}; its plugins: {}",
+                        req.recipe,
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    ),
                 ));
             };
             plugins.push(PluginSpec { module: module.clone(), version });

@@ -142,10 +142,15 @@ impl AppState {
     pub fn recipe(&self, name: &str) -> ApiResult<&Recipe> {
         kiln_domain::request::check_recipe_name(name)?;
         self.0.config.recipes.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.0.config.recipes.keys().map(String::as_str).collect();
-            ApiError::not_found("unknown_recipe", format!("there is no recipe {name:?}; known: {}", known.join(", ")))
+            let known = self.listed_recipes().join(", ");
+            ApiError::not_found("unknown_recipe", format!("there is no recipe {name:?}; available: {known}"))
                 .with_field("recipe")
         })
+    }
+
+    /// The recipes offered to users (`listed`), by name.
+    pub fn listed_recipes(&self) -> Vec<&str> {
+        self.0.config.recipes.iter().filter(|(_, r)| r.listed).map(|(name, _)| name.as_str()).collect()
     }
 
     /// A URL path of the API, absolute when `api.public_url` is set.

@@ -23,6 +23,7 @@ fn recipe() -> Recipe {
         cache: None,
         artifact_ttl_secs: None,
         oci: Some(Default::default()),
+        listed: true,
     }
 }
 

@@ -77,11 +77,31 @@ impl<'de> Deserialize<'de> for Platform {
 /// `arm` may be given as `7` or `v7`; an empty `arm` is no arm.
 pub fn select(supported: &[Platform], os: &str, arch: &str, arm: Option<&str>) -> Result<Platform, ValidationError> {
     let names = || supported.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
+    if os.is_empty() {
+        return Err(ValidationError::new(
+            "os",
+            "missing_field",
+            format!("os is missing: name the target system; supported platforms: {}", names()),
+        ));
+    }
     if !supported.iter().any(|p| p.os == os) {
         return Err(ValidationError::new(
             "os",
             "unknown_platform",
             format!("os {:?} is not supported; supported platforms: {}", crate::module::truncate(os), names()),
+        ));
+    }
+    if arch.is_empty() {
+        let mut archs: Vec<&str> = Vec::new();
+        for p in supported.iter().filter(|p| p.os == os) {
+            if !archs.contains(&p.arch.as_str()) {
+                archs.push(&p.arch);
+            }
+        }
+        return Err(ValidationError::new(
+            "arch",
+            "missing_field",
+            format!("arch is missing: name the target processor; for {os}: {}", archs.join(", ")),
         ));
     }
     if !supported.iter().any(|p| p.os == os && p.arch == arch) {
@@ -166,5 +186,16 @@ mod tests {
         assert_eq!(select(&s, "linux", "amd64", Some("7")).unwrap_err().field, "arm");
         assert_eq!(select(&s, "linux", "arm", Some("5")).unwrap_err().field, "arm");
         assert_eq!(select(&s, "linux", "arm", Some("x")).unwrap_err().field, "arm");
+    }
+
+    #[test]
+    fn a_missing_os_or_arch_is_said_so_with_what_is_available() {
+        let s = supported();
+        let e = select(&s, "", "amd64", None).unwrap_err();
+        assert_eq!((e.field.as_str(), e.code), ("os", "missing_field"));
+        assert!(e.message.starts_with("os is missing") && e.message.contains("linux/arm64, linux/arm/6"), "{e}");
+        let e = select(&s, "linux", "", None).unwrap_err();
+        assert_eq!((e.field.as_str(), e.code), ("arch", "missing_field"));
+        assert!(e.message.ends_with("for linux: amd64, arm64, arm"), "{e}");
     }
 }

@@ -39,6 +39,15 @@ pub struct Recipe {
     /// images keep their build keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oci: Option<OciSpec>,
+    /// Offered in `GET /api/recipes` and on the download page. An unlisted
+    /// recipe (a test or internal one) is still built when asked for by
+    /// name. Not part of the [`Recipe::revision`]: listing changes no build.
+    #[serde(default = "listed_by_default", skip_serializing)]
+    pub listed: bool,
+}
+
+fn listed_by_default() -> bool {
+    true
 }
 
 /// Where versions come from.
@@ -114,7 +123,8 @@ fn default_step_timeout() -> u64 {
 }
 
 impl Recipe {
-    /// A hash of the whole definition: any change to the recipe makes new keys.
+    /// A hash of the whole definition: any change to how the recipe builds
+    /// makes new keys.
     pub fn revision(&self) -> String {
         let canonical = serde_json::to_vec(self).expect("a recipe always serializes");
         hex::encode(&Sha256::digest(&canonical)[..8])
@@ -143,11 +153,29 @@ mod tests {
             cache: None,
             artifact_ttl_secs: None,
             oci: None,
+            listed: true,
         };
         let json = serde_json::to_string(&recipe).unwrap();
         assert!(!json.contains("oci"), "{json}");
         let before = recipe.revision();
         recipe.oci = Some(OciSpec::default());
         assert_ne!(recipe.revision(), before, "images are part of what a build makes");
+    }
+
+    const HELLO: &str = r#"{"image": "img", "versions": {"source": "static", "versions": ["v1.0.0"]},
+        "platforms": ["linux/amd64"], "binary": "hello", "steps": [{"name": "build", "run": ["true"]}]}"#;
+
+    #[test]
+    fn recipes_are_listed_unless_they_say_not_and_listing_changes_no_build() {
+        let listed: Recipe = serde_json::from_str(HELLO).unwrap();
+        assert!(listed.listed);
+        let mut unlisted: serde_json::Value = serde_json::from_str(HELLO).unwrap();
+        unlisted["listed"] = false.into();
+        let unlisted: Recipe = serde_json::from_value(unlisted).unwrap();
+        assert!(!unlisted.listed);
+        assert_eq!(listed.revision(), unlisted.revision());
+        let mut other = listed.clone();
+        other.binary = "other".into();
+        assert_ne!(listed.revision(), other.revision());
     }
 }

@@ -256,6 +256,7 @@ mod tests {
             cache: None,
             artifact_ttl_secs: None,
             oci: None,
+            listed: true,
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Parameters: `os`, `arch`, `arm`, repeated `p` (`module[@version]`),
 //! `version`, repeated `r` (`module=target[@version]`, where the recipe
-//! allows replacements), and Kiln's own `recipe` (default `caddy`). Unknown
+//! allows replacements), and Kiln's own `recipe` (default `caddy`, where the
+//! farm has that recipe; else it must be given). Unknown
 //! parameters (`idempotency`, …) are ignored; for repeated single-valued
 //! parameters the first wins, as Go's `Query().Get` does.
 //!
@@ -30,13 +31,29 @@ use crate::wait::{Waited, wait_for};
 /// The recipe used when a request names none.
 pub const DEFAULT_RECIPE: &str = "caddy";
 
-/// The compat query as a build request.
-pub fn request(q: &Query) -> ApiResult<BuildRequest> {
+/// The compat query as a build request; without `recipe`, the farm's
+/// [`DEFAULT_RECIPE`] when it has one.
+pub fn request(state: &AppState, q: &Query) -> ApiResult<BuildRequest> {
     let get = |n: &str| q.first(n).map(str::to_owned);
+    let recipe = match get("recipe").filter(|r| !r.is_empty()) {
+        Some(r) => r,
+        None if state.config().recipes.contains_key(DEFAULT_RECIPE) => DEFAULT_RECIPE.to_owned(),
+        None => {
+            return Err(ApiError::bad_request(
+                "recipe",
+                "missing_field",
+                format!(
+                    "recipe is missing, and this farm has no {DEFAULT_RECIPE:?} recipe to default to; \
+                     add recipe=NAME, one of: {}",
+                    state.listed_recipes().join(", ")
+                ),
+            ));
+        }
+    };
     let replacements =
         q.all("r").filter(|r| !r.is_empty()).map(ReplacementRequest::from_compat).collect::<Result<Vec<_>, _>>()?;
     Ok(BuildRequest {
-        recipe: get("recipe").filter(|r| !r.is_empty()).unwrap_or_else(|| DEFAULT_RECIPE.to_owned()),
+        recipe,
         version: get("version"),
         os: get("os").unwrap_or_default(),
         arch: get("arch").unwrap_or_default(),
@@ -66,7 +83,7 @@ pub async fn compat(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let q = Query::parse(q.as_deref())?;
-    let req = request(&q).map_err(compat_field)?;
+    let req = request(&state, &q).map_err(compat_field)?;
     let spec = prepare(&state, &req).await.map_err(compat_field)?;
     let key = spec.key();
 

@@ -20,12 +20,15 @@ pub async fn index() -> Response {
     resp
 }
 
-/// `GET /api/recipes`: recipes, their platforms, versions and plugin rules.
+/// `GET /api/recipes`: the listed recipes, their platforms, versions and
+/// plugin rules. Unlisted ones (`listed: false`) are left out; they are
+/// still built when a request names them.
 pub async fn recipes(State(state): State<AppState>) -> Response {
     let list: Vec<_> = state
         .config()
         .recipes
         .iter()
+        .filter(|(_, r)| r.listed)
         .map(|(name, r)| {
             let versions = match &r.versions {
                 VersionSource::Static { versions } => {

@@ -22,7 +22,9 @@ async fn bad_compat_requests_are_400_json_naming_the_field() {
         ("/api/compat?recipe=hello&os=linux&arch=mips".into(), "arch", "unknown_platform"),
         ("/api/compat?recipe=hello&os=linux&arch=amd64&arm=7".into(), "arm", "unknown_platform"),
         ("/api/compat?recipe=hello&os=linux&arch=arm&arm=5".into(), "arm", "unknown_platform"),
-        ("/api/compat?recipe=hello&arch=amd64".into(), "os", "unknown_platform"),
+        ("/api/compat?recipe=hello&arch=amd64".into(), "os", "missing_field"),
+        ("/api/compat?recipe=hello&os=linux".into(), "arch", "missing_field"),
+        ("/api/compat?os=linux&arch=amd64".into(), "recipe", "missing_field"),
         (format!("{HELLO}&p={}", enc("example.com/a b")), "p", "invalid_module"),
         (format!("{HELLO}&p={}", enc("example.com/a;rm -rf /")), "p", "invalid_module"),
         (format!("{HELLO}&p={}", enc("example.com/$(id)")), "p", "invalid_module"),
@@ -34,7 +36,7 @@ async fn bad_compat_requests_are_400_json_naming_the_field() {
         (format!("{HELLO}&p=evil.com/greet"), "p", "plugin_not_allowed"),
         (format!("{HELLO}&p=example.com/greet@banana"), "p", "invalid_version"),
         (format!("{HELLO}&p=example.com/greet@v9.9.9"), "p", "unknown_version"),
-        (format!("{HELLO}&p=example.com/other"), "p", "unknown_version"),
+        (format!("{HELLO}&p=example.com/other"), "p", "unknown_plugin"),
         (format!("{HELLO}&version=v1.2"), "version", "invalid_version"),
         (format!("{HELLO}&version={}", enc("v1.0.0;id")), "version", "invalid_version"),
         (format!("{HELLO}&version=v9.9.9"), "version", "unknown_version"),
@@ -102,6 +104,41 @@ async fn bad_post_bodies_are_400_or_413_json() {
         .error(404, "unknown_recipe");
     assert_eq!(j["error"]["field"], "recipe");
     api.get("/api/compat?recipe=nope&os=linux&arch=amd64").await.error(404, "unknown_recipe");
+}
+
+#[tokio::test]
+async fn errors_say_what_is_missing_and_what_is_available() {
+    let api = InProc::new().await;
+    let message = |j: serde_json::Value| j["error"]["message"].as_str().unwrap().to_owned();
+    // Only the listed recipes are offered; the test-only ones are not.
+    let offered = |m: &str| m.contains("hello") && !["escape", "fail", "sleep"].iter().any(|r| m.contains(r));
+
+    // config.test.yml has no `caddy`, the compat API's default recipe.
+    let m = message(api.get("/api/compat?os=linux&arch=amd64").await.error(400, "missing_field"));
+    assert!(m.contains("recipe is missing") && m.contains("\"caddy\"") && offered(&m), "{m}");
+    let m = message(api.get("/api/compat?recipe=nope&os=linux&arch=amd64").await.error(404, "unknown_recipe"));
+    assert!(m.contains("\"nope\"") && offered(&m), "{m}");
+    // Unlisted recipes are not offered, yet built when named.
+    for unlisted in ["escape", "fail", "sleep"] {
+        let body = format!(r#"{{"recipe": "{unlisted}", "os": "linux", "arch": "amd64"}}"#);
+        assert_eq!(api.post("/api/builds", body).await.status, 202, "{unlisted}");
+    }
+
+    let m = message(api.get("/api/compat?recipe=hello&arch=amd64").await.error(400, "missing_field"));
+    assert!(m.starts_with("os is missing") && m.contains("linux/amd64, linux/arm64"), "{m}");
+    assert!(!m.contains("\"\""), "no empty value is quoted back: {m}");
+    let m = message(api.get("/api/compat?recipe=hello&os=windows").await.error(400, "missing_field"));
+    assert!(m.starts_with("arch is missing") && m.ends_with("for windows: amd64"), "{m}");
+    let body = r#"{"recipe": "hello", "os": "", "arch": "amd64"}"#;
+    let j = api.post("/api/builds", body).await.error(400, "missing_field");
+    assert_eq!(j["error"]["field"], "os");
+
+    // A plugin the recipe has no versions of is unknown, not a bad version.
+    let j = api.get(&format!("{HELLO}&p=example.com/other")).await.error(400, "unknown_plugin");
+    let m = message(j);
+    assert!(m.contains("example.com/other") && m.contains("example.com/greet, example.com/shout"), "{m}");
+    let body = r#"{"recipe": "hello", "os": "linux", "arch": "amd64", "plugins": [{"module": "example.com/other"}]}"#;
+    assert_eq!(api.post("/api/builds", body).await.error(400, "unknown_plugin")["error"]["field"], "plugins[0].module");
 }
 
 #[tokio::test]
@@ -271,7 +308,9 @@ async fn recipes_health_metrics_page_and_signing_key() {
     assert_eq!(r.status, 200);
     let names: Vec<_> =
         r.json()["recipes"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_owned()).collect();
-    assert!(names.contains(&"hello".to_owned()), "{names:?}");
+    // The test-only recipes are `listed: false` (hidden; see
+    // errors_say_what_is_missing_and_what_is_available for building them).
+    assert_eq!(names, ["hello"]);
     let hello = r.json()["recipes"].as_array().unwrap().iter().find(|r| r["name"] == "hello").unwrap().clone();
     assert!(hello["platforms"].as_array().unwrap().contains(&json!("linux/arm/7")));
     assert_eq!(hello["plugins"]["allow"], json!(["example.com/*"]));
