@@ -1,6 +1,9 @@
 # Shared helpers for Kiln's scripts. Source it; it defines functions only.
 
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+# A step of a script, in bold on a terminal (plain in a log file).
+log() {
+  if [ -t 2 ]; then printf '\033[1m==> %s\033[0m\n' "$*" >&2; else printf '==> %s\n' "$*" >&2; fi
+}
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Run a command as root: directly when we are root, else through sudo.
@@ -8,7 +11,10 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-# Install Debian packages that are missing (apt-get update once per run).
+# Install the Debian packages of "$@" that are missing (apt-get update once
+# per run). Waits up to ten minutes for another apt or dpkg that holds the
+# lock (another install on this machine, unattended upgrades) instead of
+# failing at once. The one apt helper of the scripts.
 apt_install() {
   local missing=()
   for p in "$@"; do
@@ -16,13 +22,12 @@ apt_install() {
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing ${missing[*]} from Debian's packages"
+  local apt=(as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600)
   if [ -z "${KILN_APT_UPDATED:-}" ]; then
-    as_root apt-get update -qq
+    "${apt[@]}" update -qq
     export KILN_APT_UPDATED=1
   fi
-  # Others may be installing at the same time: wait for dpkg's lock.
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
-    "${missing[@]}" >/dev/null
+  "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 # A free TCP port on 127.0.0.1.
