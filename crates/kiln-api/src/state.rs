@@ -17,7 +17,7 @@ use axum::http::HeaderMap;
 use bytes::Bytes;
 use kiln_config::Config;
 use kiln_domain::{BuildKey, BuildState, Recipe};
-use kiln_queue::{Build, Notification, Notifier, Queue, channels};
+use kiln_queue::{Build, Channel, Notification, Notifier, Queue};
 use kiln_storage::{ObjectInfo, ObjectKey, ObjectName, Storage};
 use tokio::sync::broadcast;
 
@@ -92,7 +92,7 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// Build the state and start the notification listener. Needs a Tokio runtime.
     pub fn new(config: Config, queue: Queue, storage: Storage) -> AppState {
-        let notifier = Notifier::start(queue.pool().clone(), &[channels::BUILDS, channels::EVENTS]);
+        let notifier = queue.notifier(&[Channel::Builds, Channel::Events]);
         let resolver = Resolver::new(&config.api.go_proxy, Duration::from_secs(config.api.version_cache_secs));
         let metrics = Metrics::new();
         let rx = notifier.subscribe();
@@ -279,11 +279,10 @@ async fn watch_durations(state: std::sync::Weak<Inner>, mut rx: broadcast::Recei
             Err(broadcast::error::RecvError::Closed) => return,
         };
         let Notification::Build { key, state: s } = n else { continue };
-        if !matches!(s.as_str(), "succeeded" | "failed" | "cancelled") {
+        if !s.is_final() {
             continue;
         }
         let Some(inner) = state.upgrade() else { return };
-        let Ok(key) = BuildKey::parse(&key) else { continue };
         if let Ok(Some(b)) = inner.queue.get(&key).await
             && let (Some(start), Some(end)) = (b.started_at, b.finished_at)
         {

@@ -53,7 +53,7 @@ pub async fn wait_for(
             };
             match n {
                 Notification::Resync => break,
-                Notification::Build { key: k, state: s } if k == key.as_str() && s.parse().is_ok_and(&until) => break,
+                Notification::Build { key: k, state: s } if k == *key && until(s) => break,
                 _ => {}
             }
         }
@@ -71,7 +71,7 @@ pub async fn next_change(
     loop {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Err(_) => return false,
-            Ok(Ok(n)) if n.concerns(key.as_str()) => return true,
+            Ok(Ok(n)) if n.concerns(key) => return true,
             Ok(Ok(_)) => {}
             Ok(Err(RecvError::Lagged(_))) => return true,
             Ok(Err(RecvError::Closed)) => {

@@ -3,11 +3,10 @@
 //!
 //! Usage: `bench DATABASE_URL JOBS` against a migrated, empty database.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kiln_domain::{BuildSpec, Version};
-use kiln_queue::{Notification, Notifier, Queue, QueueSettings, channels};
+use kiln_queue::{Channel, Notification, Queue, QueueSettings};
 use sqlx::postgres::PgPoolOptions;
 
 fn spec(run: usize, n: usize) -> BuildSpec {
@@ -30,8 +29,9 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let url = args.get(1).expect("usage: bench DATABASE_URL JOBS").clone();
     let jobs: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(2000);
-    let pool = PgPoolOptions::new().max_connections(40).connect(&url).await?;
-    let queue = Queue::from_pool(pool.clone(), QueueSettings::default());
+    let queue = Queue::connect(&url, 40, QueueSettings::default(), "kiln-bench-queue").await?;
+    // Emptying the tables between runs is the benchmark's own business.
+    let pool = PgPoolOptions::new().max_connections(1).connect(&url).await?;
 
     for (run, workers) in [1usize, 4, 16].into_iter().enumerate() {
         sqlx::query("TRUNCATE builds CASCADE").execute(&pool).await?;
@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Wake-up latency: an idle worker sleeping on NOTIFY, one job at a time.
     sqlx::query("TRUNCATE builds CASCADE").execute(&pool).await?;
-    let notifier = Arc::new(Notifier::start(pool.clone(), &[channels::JOBS]));
+    let notifier = queue.notifier(&[Channel::Jobs]);
     let mut rx = notifier.subscribe();
     while rx.recv().await? != Notification::Resync {}
     let mut latencies = Vec::new();

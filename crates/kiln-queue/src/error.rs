@@ -1,3 +1,5 @@
+//! What can go wrong with the queue, and which failures mean "unavailable".
+
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -15,9 +17,10 @@ pub enum QueueError {
     /// cancelled or finished by someone else. The caller must stop the job.
     #[error("lease lost on build {key}")]
     LeaseLost { key: String },
-    /// A stored row that does not decode (a bug or a hand-edited row).
-    #[error("corrupt row for build {key}: {message}")]
-    Corrupt { key: String, message: String },
+    /// A stored row that does not decode (a bug or a hand-edited row);
+    /// `row` names it as `table/id`.
+    #[error("corrupt row {row}: {message}")]
+    Corrupt { row: String, message: String },
 }
 
 impl QueueError {

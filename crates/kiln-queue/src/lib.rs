@@ -4,15 +4,14 @@
 //!   (refinery), under an advisory lock so two janitors may race safely;
 //!   [`Queue::connect`] refuses a database whose schema is not current.
 //! - [`Queue`] holds every statement on builds, attempts, workers and events
-//!   (all of the project's queue SQL lives in `queue.rs`): idempotent
-//!   enqueue, `SKIP LOCKED` claims under a lease, fenced completion, failure
-//!   classification with backoff, preemption hand-back, cancellation, rescue.
-//! - [`Notifier`] keeps one `LISTEN` connection per process and fans
-//!   notifications out to any number of subscribers, reconnecting when the
-//!   connection drops.
+//!   (all of the project's queue SQL lives in this crate), grouped by caller:
+//!   the API's builds and admin operations, the worker's leases, the event
+//!   stream, the worker registry, the janitor's maintenance and leadership.
+//! - [`Notifier`] ([`Queue::notifier`]) keeps one `LISTEN` connection per
+//!   process and fans typed [`Notification`]s out to any number of
+//!   subscribers, reconnecting when the connection drops.
 //! - [`Leadership`] lets one of several janitors act at a time (a
-//!   session-level advisory lock on a dedicated connection); the janitor's
-//!   statements (expiry, pruning, run records) sit in `queue.rs` too.
+//!   session-level advisory lock on a dedicated connection).
 //!
 //! Fencing: a claim creates an attempt row whose id is the lease's token.
 //! Every later write by the worker names that token and only succeeds while
@@ -22,11 +21,15 @@
 mod error;
 mod listener;
 mod migrate;
-mod model;
 mod queue;
 
 pub use error::QueueError;
-pub use listener::{Notification, Notifier, channels};
+pub use listener::{Channel, Notification, Notifier};
 pub use migrate::{SCHEMA_VERSION, migrate};
-pub use model::*;
-pub use queue::{Leadership, Queue};
+pub use queue::builds::{Attempt, Build, EnqueueOutcome, Enqueued, StateCounts, priority};
+pub use queue::events::{Event, EventKind};
+pub use queue::leadership::Leadership;
+pub use queue::leases::{Claim, HandBack, HeartbeatOutcome, Lease, RetryOutcome};
+pub use queue::maintenance::{Expirable, ExpiryPolicy, JanitorRun, Removal, RescueReport};
+pub use queue::workers::{WorkerInfo, WorkerRow};
+pub use queue::{Queue, QueueSettings};

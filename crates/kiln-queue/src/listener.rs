@@ -1,26 +1,48 @@
 //! One `LISTEN` connection per process, fanned out to every subscriber.
 //!
-//! Workers wait for `kiln_jobs`; API waiters for `kiln_builds` and
-//! `kiln_events`. The [`Notifier`] owns a dedicated connection, reconnects
-//! with backoff when it drops, and after every (re)connection sends
-//! [`Notification::Resync`] so subscribers re-read what they wait on:
-//! notifications sent while disconnected are lost, state in the table is not.
+//! Workers wait for [`Channel::Jobs`]; API waiters for [`Channel::Builds`]
+//! and [`Channel::Events`]. The [`Notifier`] (made by
+//! [`Queue::notifier`](crate::Queue::notifier)) owns a dedicated
+//! connection, reconnects with backoff when it drops, and after every
+//! (re)connection sends [`Notification::Resync`] so subscribers re-read what
+//! they wait on: notifications sent while disconnected are lost, state in
+//! the table is not.
+//!
+//! Payloads are parsed here, once, into typed [`Notification`]s. One that
+//! does not parse (a bug, or a `NOTIFY` by hand) is logged and becomes a
+//! `Resync`: subscribers re-read rather than miss a change.
 
 use std::time::Duration;
 
+use kiln_domain::{BuildKey, BuildState};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 /// The notification channels (see the migrations' triggers).
-pub mod channels {
-    /// Payload: the recipe of a build that became claimable.
-    pub const JOBS: &str = "kiln_jobs";
-    /// Payload: `"<key> <state>"` when a build changes state.
-    pub const BUILDS: &str = "kiln_builds";
-    /// Payload: the key of a build with new events (log lines, steps).
-    pub const EVENTS: &str = "kiln_events";
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// `kiln_jobs`, payload: the recipe of a build that became claimable.
+    Jobs,
+    /// `kiln_builds`, payload: `"<key> <state>"` when a build changes state.
+    Builds,
+    /// `kiln_events`, payload: the key of a build with new events (log
+    /// lines, steps).
+    Events,
+}
+
+impl Channel {
+    const ALL: [Channel; 3] = [Channel::Jobs, Channel::Builds, Channel::Events];
+
+    /// The channel's name in SQL (`LISTEN`, `pg_notify`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Jobs => "kiln_jobs",
+            Channel::Builds => "kiln_builds",
+            Channel::Events => "kiln_events",
+        }
+    }
 }
 
 /// What subscribers receive.
@@ -29,29 +51,33 @@ pub enum Notification {
     /// A job for `recipe` became claimable.
     Job { recipe: String },
     /// Build `key` entered `state`.
-    Build { key: String, state: String },
+    Build { key: BuildKey, state: BuildState },
     /// Build `key` has new events.
-    Events { key: String },
-    /// The listener (re)connected or a subscriber fell behind: anything may
-    /// have changed, re-read the database.
+    Events { key: BuildKey },
+    /// The listener (re)connected, a payload did not parse, or a subscriber
+    /// fell behind: anything may have changed, re-read the database.
     Resync,
 }
 
 impl Notification {
-    fn parse(channel: &str, payload: &str) -> Option<Self> {
-        match channel {
-            channels::JOBS => Some(Self::Job { recipe: payload.to_owned() }),
-            channels::BUILDS => {
-                let (key, state) = payload.split_once(' ')?;
-                Some(Self::Build { key: key.to_owned(), state: state.to_owned() })
+    /// Parse a payload from `channel` (a channel's SQL name). The error says
+    /// what is wrong, for the log.
+    fn parse(channel: &str, payload: &str) -> Result<Self, String> {
+        let key = |text: &str| BuildKey::parse(text).map_err(|e| format!("{e}: {text:?}"));
+        match Channel::ALL.into_iter().find(|c| c.name() == channel) {
+            Some(Channel::Jobs) if !payload.is_empty() => Ok(Self::Job { recipe: payload.to_owned() }),
+            Some(Channel::Jobs) => Err("an empty recipe".into()),
+            Some(Channel::Builds) => {
+                let (k, s) = payload.split_once(' ').ok_or("not \"<key> <state>\"")?;
+                Ok(Self::Build { key: key(k)?, state: s.parse()? })
             }
-            channels::EVENTS => Some(Self::Events { key: payload.to_owned() }),
-            _ => None,
+            Some(Channel::Events) => Ok(Self::Events { key: key(payload)? }),
+            None => Err(format!("unknown channel {channel:?}")),
         }
     }
 
     /// Does this notification concern build `key` (or possibly everything)?
-    pub fn concerns(&self, key: &str) -> bool {
+    pub fn concerns(&self, key: &BuildKey) -> bool {
         match self {
             Self::Build { key: k, .. } | Self::Events { key: k } => k == key,
             Self::Resync => true,
@@ -69,9 +95,10 @@ pub struct Notifier {
 
 impl Notifier {
     /// Start listening on `channels` with a connection from `pool`'s options.
-    pub fn start(pool: PgPool, channels: &[&'static str]) -> Notifier {
+    pub(crate) fn start(pool: PgPool, channels: &[Channel]) -> Notifier {
         let (tx, _) = broadcast::channel(4096);
-        let task = tokio::spawn(run(pool, channels.to_vec(), tx.clone()));
+        let names = channels.iter().map(|c| c.name()).collect();
+        let task = tokio::spawn(run(pool, names, tx.clone()));
         Notifier { tx, task }
     }
 
@@ -118,13 +145,76 @@ async fn listen(
         // `try_recv` returns `None` when the connection was lost; sqlx then
         // reconnects on the next call, but we start over to LISTEN afresh
         // and tell subscribers to resync.
-        match listener.try_recv().await? {
-            Some(n) => {
-                if let Some(n) = Notification::parse(n.channel(), n.payload()) {
-                    let _ = tx.send(n);
-                }
-            }
-            None => return Ok(()),
+        let Some(n) = listener.try_recv().await? else { return Ok(()) };
+        let parsed = Notification::parse(n.channel(), n.payload()).unwrap_or_else(|error| {
+            tracing::warn!(channel = n.channel(), payload = n.payload(), %error, "malformed notification; resyncing");
+            Notification::Resync
+        });
+        let _ = tx.send(parsed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn key() -> BuildKey {
+        BuildKey::parse(KEY).unwrap()
+    }
+
+    #[test]
+    fn payloads_parse_into_typed_notifications() {
+        assert_eq!(Notification::parse("kiln_jobs", "caddy"), Ok(Notification::Job { recipe: "caddy".into() }));
+        assert_eq!(
+            Notification::parse("kiln_builds", &format!("{KEY} succeeded")),
+            Ok(Notification::Build { key: key(), state: BuildState::Succeeded })
+        );
+        assert_eq!(Notification::parse("kiln_events", KEY), Ok(Notification::Events { key: key() }));
+        for state in BuildState::ALL {
+            let n = Notification::parse("kiln_builds", &format!("{KEY} {state}")).unwrap();
+            assert_eq!(n, Notification::Build { key: key(), state: *state });
+        }
+    }
+
+    #[test]
+    fn malformed_payloads_are_errors_not_panics() {
+        let upper = KEY.to_uppercase();
+        let cases = [
+            ("kiln_jobs", String::new()),
+            ("kiln_builds", KEY.to_owned()),
+            ("kiln_builds", format!("{KEY} exploded")),
+            ("kiln_builds", format!("{KEY}  running")),
+            ("kiln_builds", format!("{upper} running")),
+            ("kiln_builds", "../../etc/passwd running".to_owned()),
+            ("kiln_builds", " ".to_owned()),
+            ("kiln_events", format!("{KEY} ")),
+            ("kiln_events", "é".repeat(64)),
+            ("kiln_events", String::new()),
+            ("kiln_other", KEY.to_owned()),
+        ];
+        for (channel, payload) in cases {
+            let parsed = Notification::parse(channel, &payload);
+            assert!(parsed.is_err(), "{channel} {payload:?} parsed as {parsed:?}");
+        }
+    }
+
+    #[test]
+    fn a_notification_concerns_its_own_build_and_resync_concerns_all() {
+        let other = BuildKey::from_digest(&[7; 32]);
+        let build = Notification::Build { key: key(), state: BuildState::Running };
+        assert!(build.concerns(&key()) && !build.concerns(&other));
+        assert!(Notification::Events { key: key() }.concerns(&key()));
+        assert!(Notification::Resync.concerns(&other));
+        assert!(!Notification::Job { recipe: "caddy".into() }.concerns(&key()));
+    }
+
+    #[test]
+    fn channel_names_are_those_of_the_triggers() {
+        let triggers = include_str!("../../../migrations/V1__initial.sql");
+        for c in Channel::ALL {
+            assert!(triggers.contains(&format!("pg_notify('{}'", c.name())), "{c:?}");
         }
     }
 }

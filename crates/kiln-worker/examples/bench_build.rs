@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use kiln_config::Config;
-use kiln_domain::{BuildSpec, ModulePath, PluginSpec};
-use kiln_queue::{Notification, Notifier, Queue, QueueSettings, channels, priority};
+use kiln_domain::{BuildSpec, BuildState, ModulePath, PluginSpec};
+use kiln_queue::{Channel, Notification, Queue, QueueSettings, priority};
 use kiln_worker::{RunOptions, Worker};
 use tokio_util::sync::CancellationToken;
 
@@ -61,7 +61,7 @@ async fn main() -> Result<()> {
 
 async fn bench_kiln(config: &Config, url: &str, specs: &[BuildSpec]) -> Result<Vec<Duration>> {
     let queue = Queue::connect(url, 4, QueueSettings::from(&config.queue), "kiln-bench").await?;
-    let notifier = Notifier::start(queue.pool().clone(), &[channels::BUILDS]);
+    let notifier = queue.notifier(&[Channel::Builds]);
     let mut events = notifier.subscribe();
     let worker = Worker::start(config.clone()).await?;
     let shutdown = CancellationToken::new();
@@ -76,15 +76,15 @@ async fn bench_kiln(config: &Config, url: &str, specs: &[BuildSpec]) -> Result<V
         let key = queue.enqueue(spec, priority::DEFAULT).await?.build.key;
         loop {
             match tokio::time::timeout(Duration::from_secs(1), events.recv()).await {
-                Ok(Ok(Notification::Build { key: k, state })) if k == key.as_str() => match state.as_str() {
-                    "succeeded" => break,
-                    "failed" | "cancelled" => bail!("build {key} {state}: {:?}", queue.get(&key).await?),
+                Ok(Ok(Notification::Build { key: k, state })) if k == key => match state {
+                    BuildState::Succeeded => break,
+                    s if s.is_final() => bail!("build {key} {s}: {:?}", queue.get(&key).await?),
                     _ => {}
                 },
                 Ok(_) => {}
                 // No news for a second (or we fell behind): look.
                 Err(_) => {
-                    if queue.state(&key).await? == Some(kiln_domain::BuildState::Succeeded) {
+                    if queue.state(&key).await? == Some(BuildState::Succeeded) {
                         break;
                     }
                 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use kiln_artifact::{ArtifactError, Signer};
 use kiln_config::Config;
 use kiln_domain::WorkerState;
-use kiln_queue::{Notifier, Queue, QueueError, QueueSettings, WorkerInfo, channels};
+use kiln_queue::{Channel, Queue, QueueError, QueueSettings, WorkerInfo};
 use kiln_storage::{Storage, StorageError};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -123,7 +123,7 @@ impl Worker {
         let poll = Duration::from_secs(wc.poll_secs.max(1));
         let grace = Duration::from_secs(wc.shutdown_grace_secs);
 
-        let notifier = Notifier::start(ctx.queue.pool().clone(), &[channels::JOBS]);
+        let notifier = ctx.queue.notifier(&[Channel::Jobs]);
         let mut wake = notifier.subscribe();
         let preempted = CancellationToken::new();
         let stop_watch = CancellationToken::new();

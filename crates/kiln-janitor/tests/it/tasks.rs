@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use kiln_domain::{AttemptOutcome, BuildState, WorkerState};
 use kiln_janitor::Task;
-use kiln_queue::{Notification, Notifier, WorkerInfo, channels};
+use kiln_queue::{Channel, Notification, WorkerInfo};
 use kiln_storage::ObjectName;
 use kiln_testkit::TestDb;
 
@@ -87,7 +87,7 @@ async fn retry_wakes_workers_once_the_backoff_ran_out() {
     let (storage, _dir) = local_storage();
     let j = janitor(&db, storage);
     let q = j.queue();
-    let notifier = Notifier::start(db.pool().clone(), &[channels::JOBS]);
+    let notifier = q.notifier(&[Channel::Jobs]);
     let mut rx = notifier.subscribe();
     let key = q.enqueue(&spec("flaky", 1), 0).await.unwrap().build.key;
     let claim = q.claim("w", &[]).await.unwrap().unwrap();

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use kiln_domain::BuildState;
-use kiln_queue::{EnqueueOutcome, priority};
+use kiln_queue::{EnqueueOutcome, QueueError, priority};
 use kiln_testkit::TestDb;
 use tokio::sync::Mutex;
 
@@ -168,4 +168,22 @@ async fn cancel_ends_a_queued_build_and_flags_a_running_one() {
     assert_eq!(queue.get(&running).await.unwrap().unwrap().state, BuildState::Cancelled);
     let unknown = kiln_domain::BuildKey::parse(&"0".repeat(64)).unwrap();
     assert!(queue.cancel(&unknown).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_row_that_does_not_decode_is_reported_corrupt_by_name() {
+    let db = TestDb::new().await.unwrap();
+    let queue = db.queue(settings());
+    let key = queue.enqueue(&spec("hello", 9), 0).await.unwrap().build.key;
+    sqlx::query("UPDATE builds SET spec = '{\"recipe\": 7}' WHERE key = $1")
+        .bind(key.as_str())
+        .execute(db.pool())
+        .await
+        .unwrap();
+    match queue.get(&key).await {
+        Err(QueueError::Corrupt { row, .. }) => assert_eq!(row, format!("builds/{key}")),
+        other => panic!("a build with an unreadable spec was read as {other:?}"),
+    }
+    // The state alone still reads (waiters need nothing else).
+    assert_eq!(queue.state(&key).await.unwrap(), Some(BuildState::Queued));
 }

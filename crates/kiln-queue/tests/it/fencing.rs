@@ -23,7 +23,7 @@ async fn a_rescued_worker_cannot_complete_fail_or_heartbeat_the_new_attempt() {
     // Lapsed but not yet rescued: already fenced out.
     assert!(is_lost(queue.heartbeat(&old.lease).await));
     let report = queue.rescue_lapsed().await.unwrap();
-    assert_eq!(report.requeued, vec![s.key().to_string()]);
+    assert_eq!(report.requeued, vec![s.key()]);
 
     let new = queue.claim("new", &[]).await.unwrap().unwrap();
     assert_ne!(new.lease.attempt_id, old.lease.attempt_id);
@@ -67,10 +67,10 @@ async fn rescue_requeues_lapsed_jobs_and_fails_those_out_of_attempts() {
         db.lapse_all_leases().await;
         let report = queue.rescue_lapsed().await.unwrap();
         if attempt < 3 {
-            assert_eq!(report.requeued, vec![s.key().to_string()]);
+            assert_eq!(report.requeued, vec![s.key()]);
             assert_eq!(queue.get(&s.key()).await.unwrap().unwrap().state, BuildState::Queued);
         } else {
-            assert_eq!(report.failed, vec![s.key().to_string()]);
+            assert_eq!(report.failed, vec![s.key()]);
         }
     }
     let b = queue.get(&s.key()).await.unwrap().unwrap();
@@ -155,5 +155,5 @@ async fn silent_workers_are_marked_gone_and_their_jobs_rescued() {
     assert_eq!(gone, vec!["silent".to_string()]);
     assert_eq!(queue.worker("silent").await.unwrap().unwrap().state, WorkerState::Gone);
     assert_eq!(queue.worker("alive").await.unwrap().unwrap().state, WorkerState::Active);
-    assert_eq!(queue.rescue_lapsed().await.unwrap().requeued, vec![s.key().to_string()]);
+    assert_eq!(queue.rescue_lapsed().await.unwrap().requeued, vec![s.key()]);
 }

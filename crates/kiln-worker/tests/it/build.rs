@@ -184,13 +184,9 @@ async fn a_worker_that_lost_its_lease_stores_and_reports_nothing() {
     farm.wait_log(&key, "slept 1 of 5").await;
 
     // The lease lapses, as if the worker had been cut off, and the janitor rescues the job.
-    sqlx::query("UPDATE builds SET lease_expires_at = now() - interval '1 second' WHERE key = $1")
-        .bind(key.as_str())
-        .execute(farm.queue.pool())
-        .await
-        .unwrap();
+    farm.db.lapse_all_leases().await;
     let rescued = farm.queue.rescue_lapsed().await.unwrap();
-    assert_eq!(rescued.requeued, [key.to_string()]);
+    assert_eq!(rescued.requeued, std::slice::from_ref(&key));
 
     let exit = tokio::time::timeout(crate::farm::PATIENCE, w).await.unwrap().unwrap().unwrap();
     assert_eq!(exit, Exit::Once(JobEnd::LeaseLost));

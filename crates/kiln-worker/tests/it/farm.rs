@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 pub const PATIENCE: Duration = Duration::from_secs(180);
 
 pub struct Farm {
-    /// Keeps the test database for as long as the farm lives.
-    _db: TestDb,
+    /// The test database, kept for as long as the farm lives.
+    pub db: TestDb,
     pub dir: tempfile::TempDir,
     pub config: Config,
     pub queue: Queue,
@@ -70,7 +70,7 @@ impl Farm {
         let config = load_config(&env);
         let queue = db.queue(QueueSettings::from(&config.queue));
         let storage = Storage::from_config(&config.storage).expect("local storage");
-        Some(Farm { _db: db, dir, config, queue, storage, public_key, env })
+        Some(Farm { db, dir, config, queue, storage, public_key, env })
     }
 
     pub fn work_dir(&self) -> PathBuf {
