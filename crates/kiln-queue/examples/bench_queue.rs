@@ -1,7 +1,7 @@
 //! Queue throughput and wake-up latency, printed as figures (see
 //! `scripts/bench-queue`, which also runs pgbench as the ceiling).
 //!
-//! Usage: `bench DATABASE_URL JOBS` against a migrated, empty database.
+//! Usage: `bench_queue DATABASE_URL JOBS` against a migrated, empty database.
 
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let url = args.get(1).expect("usage: bench DATABASE_URL JOBS").clone();
+    let url = args.get(1).expect("usage: bench_queue DATABASE_URL JOBS").clone();
     let jobs: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(2000);
     let queue = Queue::connect(&url, 40, QueueSettings::default(), "kiln-bench-queue").await?;
     // Emptying the tables between runs is the benchmark's own business.

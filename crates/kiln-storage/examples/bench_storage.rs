@@ -2,8 +2,8 @@
 //! `scripts/bench-storage` runs it beside `cp` and plain S3 requests.
 //!
 //! ```text
-//! bench FILE OUT local DIR
-//! bench FILE OUT s3 ENDPOINT BUCKET ACCESS_KEY SECRET_KEY
+//! bench_storage FILE OUT local DIR
+//! bench_storage FILE OUT s3 ENDPOINT BUCKET ACCESS_KEY SECRET_KEY
 //! ```
 //! Prints `upload_secs=… download_secs=… bytes=… parts=…` on one line.
 //! Run `sync` first; the example syncs between upload and download, so
@@ -38,7 +38,9 @@ async fn main() -> anyhow::Result<()> {
             };
             (file, out, Storage::s3(&config)?)
         }
-        _ => bail!("usage: bench FILE OUT local DIR | bench FILE OUT s3 ENDPOINT BUCKET ACCESS_KEY SECRET_KEY"),
+        _ => bail!(
+            "usage: bench_storage FILE OUT local DIR | bench_storage FILE OUT s3 ENDPOINT BUCKET ACCESS_KEY SECRET_KEY"
+        ),
     };
     let key = ObjectKey::new(&BuildKey::from_digest(&[0xbe; 32]), ObjectName::Artifact);
 
