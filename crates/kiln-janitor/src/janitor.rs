@@ -105,9 +105,11 @@ impl Janitor {
         reports
     }
 
-    /// Run one task: do it, log one line saying what changed, and record the
-    /// run in `janitor_runs` for `/metrics`. A failure is reported, not
-    /// returned: the next tick tries again.
+    /// Run one task: do it, log one line saying what changed (at INFO when
+    /// something did, WARN when it failed, else DEBUG: see
+    /// [`TaskReport::is_news`]), and record the run in `janitor_runs` for
+    /// `/metrics`. A failure is reported, not returned: the next tick tries
+    /// again.
     pub async fn run(&self, task: Task) -> TaskReport {
         let started_at = Utc::now();
         let clock = Instant::now();
@@ -130,10 +132,10 @@ impl Janitor {
             elapsed_ms: i64::try_from(clock.elapsed().as_millis()).unwrap_or(i64::MAX),
             error,
         };
-        if report.ok {
-            tracing::info!(janitor = %self.settings.id, "{}", report.log_line());
-        } else {
-            tracing::warn!(janitor = %self.settings.id, "{}", report.log_line());
+        match (report.ok, report.is_news()) {
+            (false, _) => tracing::warn!(janitor = %self.settings.id, "{}", report.log_line()),
+            (true, true) => tracing::info!(janitor = %self.settings.id, "{}", report.log_line()),
+            (true, false) => tracing::debug!(janitor = %self.settings.id, "{}", report.log_line()),
         }
         if let Err(e) = self
             .queue
@@ -336,7 +338,13 @@ impl Janitor {
 
 fn add_rescue(counts: &mut Counts, r: &RescueReport) {
     if !r.requeued.is_empty() || !r.failed.is_empty() || !r.cancelled.is_empty() {
-        tracing::info!(requeued = ?r.requeued, failed = ?r.failed, cancelled = ?r.cancelled, "lapsed leases rescued");
+        let keys = |keys: &[BuildKey]| keys.iter().map(BuildKey::as_str).collect::<Vec<_>>().join(",");
+        tracing::info!(
+            requeued = keys(&r.requeued),
+            failed = keys(&r.failed),
+            cancelled = keys(&r.cancelled),
+            "lapsed leases rescued"
+        );
     }
     counts.add("requeued", r.requeued.len() as i64);
     counts.add("failed", r.failed.len() as i64);

@@ -13,7 +13,8 @@
 //! The tasks ([`Janitor`]) are idempotent: rescue of lapsed leases, the
 //! retry nudge, gone workers, expiry of old builds (objects, then rows) and
 //! pruning of old rows. Each run logs one line
-//! (`task=rescue requeued=2 failed=0 elapsed_ms=3`) and is recorded in the
+//! (`task=rescue requeued=2 failed=0 elapsed_ms=3`; at INFO only when it
+//! changed something, WARN when it failed, else DEBUG) and is recorded in the
 //! `janitor_runs` table, which the API exports at `/metrics`. All SQL lives
 //! in kiln-queue; all object keys are made by kiln-storage.
 

@@ -40,6 +40,19 @@ impl Task {
         }
     }
 
+    /// The counts of this task that are changes it made, as opposed to what
+    /// it saw: a run is worth an INFO line only when one of them is not zero.
+    /// (`retry` changes nothing: it nudges workers and counts the backlog.)
+    fn changes(self) -> &'static [&'static str] {
+        match self {
+            Task::Rescue => &["requeued", "failed", "cancelled"],
+            Task::Retry => &[],
+            Task::Workers => &["gone", "requeued", "failed", "cancelled"],
+            Task::Expiry => &["expired", "removed_failed", "objects_deleted"],
+            Task::Prune => &["log_chunks", "attempts", "workers"],
+        }
+    }
+
     /// Its cron expression in `janitor.schedules`.
     pub fn schedule(self, s: &kiln_config::JanitorSchedules) -> &str {
         match self {
@@ -126,6 +139,12 @@ pub struct TaskReport {
 }
 
 impl TaskReport {
+    /// Did the run change anything or fail? Then it is news, logged at INFO
+    /// (WARN when it failed); a run with nothing to report is logged at DEBUG.
+    pub fn is_news(&self) -> bool {
+        !self.ok || self.task.changes().iter().any(|name| self.counts.get(name) != 0)
+    }
+
     /// The structured log line: `task=rescue requeued=2 failed=0 elapsed_ms=3`.
     pub fn log_line(&self) -> String {
         let mut line = format!("task={}", self.task);
@@ -211,6 +230,19 @@ mod tests {
         assert_eq!(r.log_line(), "task=rescue requeued=2 failed=0 elapsed_ms=3");
         let r = report(Task::Retry, &[], Some("database \"down\""));
         assert_eq!(r.log_line(), r#"task=retry elapsed_ms=3 error="database \"down\"""#);
+    }
+
+    #[test]
+    fn only_changes_and_failures_are_news() {
+        assert!(!report(Task::Rescue, &[("requeued", 0), ("failed", 0), ("cancelled", 0)], None).is_news());
+        assert!(report(Task::Rescue, &[("requeued", 0), ("failed", 1), ("cancelled", 0)], None).is_news());
+        assert!(!report(Task::Retry, &[("due", 3), ("waiting", 7)], None).is_news(), "the backlog is no news");
+        assert!(report(Task::Retry, &[("due", 0), ("waiting", 0)], Some("database down")).is_news());
+        assert!(!report(Task::Expiry, &[("expired", 0), ("skipped", 2)], None).is_news());
+        assert!(report(Task::Expiry, &[("objects_deleted", 4)], None).is_news());
+        assert!(!report(Task::Prune, &[("log_chunks", 0), ("logs_not_stored", 5)], None).is_news());
+        assert!(report(Task::Prune, &[("workers", 1)], None).is_news());
+        assert!(report(Task::Workers, &[("gone", 1)], None).is_news());
     }
 
     #[test]

@@ -73,6 +73,8 @@ async fn once_runs_every_task_and_prints_json() {
     assert_eq!(reports[0]["counts"]["requeued"], 1);
     assert!(reports.as_array().unwrap().iter().all(|r| r["ok"] == true));
     assert!(stderr.contains("task=rescue requeued=1 failed=0 cancelled=0"), "{stderr}");
+    // Runs with nothing to report stay out of the INFO log.
+    assert!(!stderr.contains("task=prune"), "{stderr}");
     assert_eq!(queue.get(&claim.lease.key).await.unwrap().unwrap().state, BuildState::Queued);
     let runs = queue.janitor_runs().await.unwrap();
     assert_eq!(runs.len(), 5);
@@ -100,9 +102,11 @@ async fn run_row(queue: &Queue, task: &str, runs: i64, who: Option<&str>) -> Opt
 async fn of_two_janitors_one_acts_and_the_other_takes_over_when_it_dies() {
     let farm = Farm::new().await;
     let queue = farm.db.queue(QueueSettings::default());
+    // Quiet runs are logged at DEBUG: show them, to see who ran what.
+    let env = |id| [("KILN_JANITOR_ID", id), ("RUST_LOG", "info,kiln_janitor=debug")];
     let mut janitors = vec![
-        farm.spawn_with("kiln-janitor", "janitor-a", &["run"], &[("KILN_JANITOR_ID", "janitor-a")]),
-        farm.spawn_with("kiln-janitor", "janitor-b", &["run"], &[("KILN_JANITOR_ID", "janitor-b")]),
+        farm.spawn_with("kiln-janitor", "janitor-a", &["run"], &env("janitor-a")),
+        farm.spawn_with("kiln-janitor", "janitor-b", &["run"], &env("janitor-b")),
     ];
     let logs = |js: &[Proc]| js.iter().map(|j| format!("--- {}\n{}", j.label(), j.output())).collect::<String>();
 
