@@ -7,25 +7,26 @@
 //! object store, listens on `api.listen` and calls [`run`]; the binary
 //! (`src/main.rs`) only parses its arguments and loads the configuration.
 //!
-//! Map of the crate:
-//! - [`routes`]: the handlers (`builds`, `compat`, `live` logs and events, `ops`);
-//! - [`resolve`]: "latest" to absolute versions (static lists, Go module proxy);
-//! - [`wait`]: waiting on Postgres `NOTIFY` for a build to change;
-//! - [`serve`]: objects from storage with `Range`, `ETag`, presigned `303`s;
-//! - [`query`]: raw query strings (repeated keys, non-UTF-8 refused);
-//! - [`error`]: the one error type and its Caddy-compatible JSON;
-//! - [`state`], [`middleware`], [`metrics`], [`views`].
+//! Map of the crate (its modules are private; [`app`], [`run`], [`serve`]
+//! and [`AppState`] are the interface):
+//! - `routes`: the handlers (`builds`, `compat`, `live` logs and events, `ops`);
+//! - `resolve`: "latest" to absolute versions (static lists, Go module proxy);
+//! - `wait`: waiting on Postgres `NOTIFY` for a build to change;
+//! - `serve`: objects from storage with `Range`, `ETag`, presigned `303`s;
+//! - `query`: raw query strings (repeated keys, non-UTF-8 refused);
+//! - `error`: the one error type and its Caddy-compatible JSON;
+//! - `state`, `middleware`, `metrics`, `views`.
 
-pub mod error;
-pub mod metrics;
-pub mod middleware;
-pub mod query;
-pub mod resolve;
-pub mod routes;
-pub mod serve;
-pub mod state;
-pub mod views;
-pub mod wait;
+mod error;
+mod metrics;
+mod middleware;
+mod query;
+mod resolve;
+mod routes;
+mod serve;
+mod state;
+mod views;
+mod wait;
 
 use std::future::{Future, IntoFuture};
 use std::time::Duration;

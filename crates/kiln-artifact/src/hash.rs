@@ -17,11 +17,6 @@ impl<W: Write> HashingWriter<W> {
         Self { inner, hasher: Sha256::new(), written: 0 }
     }
 
-    /// Bytes written so far.
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
     /// The inner writer, the lowercase hex SHA-256 and the byte count.
     pub fn finish(self) -> (W, String, u64) {
         (self.inner, hex::encode(self.hasher.finalize()), self.written)

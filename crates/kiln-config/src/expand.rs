@@ -65,7 +65,7 @@ fn typed(s: String, whole: bool) -> Value {
 /// a `${…}` that is not a variable reference (a shell's `${p%@*}`) is kept.
 /// A `${VAR}` with VAR unset is an error; the default may itself hold
 /// `${…}` references.
-pub fn expand_str(s: &str, env: Env) -> Result<String, String> {
+pub(crate) fn expand_str(s: &str, env: Env) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('$') {

@@ -13,7 +13,6 @@ mod secret;
 
 use std::path::{Path, PathBuf};
 
-pub use expand::expand_str;
 pub use model::*;
 pub use secret::Secret;
 

@@ -8,7 +8,7 @@ use crate::ValidationError;
 
 /// Length of a build key in hex characters (a SHA-256 truncated to 128 bits
 /// would do, but the full digest costs nothing and never collides).
-pub const KEY_LEN: usize = 64;
+pub(crate) const KEY_LEN: usize = 64;
 
 /// A build key: the lowercase hex SHA-256 of a resolved [`crate::BuildSpec`].
 ///

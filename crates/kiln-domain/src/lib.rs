@@ -11,14 +11,14 @@
 
 pub mod digest;
 pub mod image_ref;
-pub mod key;
+mod key;
 pub mod manifest;
 pub mod module;
 pub mod oci;
-pub mod platform;
+mod platform;
 pub mod recipe;
 pub mod request;
-pub mod state;
+mod state;
 pub mod version;
 
 mod error;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::ValidationError;
 
 /// The longest module path accepted.
-pub const MAX_MODULE_LEN: usize = 256;
+pub(crate) const MAX_MODULE_LEN: usize = 256;
 
 /// A validated Go module path such as `github.com/caddy-dns/cloudflare`.
 ///
@@ -114,7 +114,7 @@ pub(crate) fn truncate(s: &str) -> String {
 
 /// Does `module` match an allow-list `pattern`? `*` matches within one path
 /// element, a trailing `/**` matches any number of further elements.
-pub fn pattern_matches(pattern: &str, module: &str) -> bool {
+pub(crate) fn pattern_matches(pattern: &str, module: &str) -> bool {
     if let Some(prefix) = pattern.strip_suffix("/**") {
         return module.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
             || pattern_matches(prefix, module);

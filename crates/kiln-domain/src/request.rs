@@ -15,7 +15,7 @@ use crate::platform;
 use crate::{BuildKey, ModulePath, Platform, Recipe, ValidationError, Version, VersionWanted};
 
 /// The most bytes a recipe name may have.
-pub const MAX_RECIPE_NAME: usize = 64;
+pub(crate) const MAX_RECIPE_NAME: usize = 64;
 
 /// A build as a user asks for it (the body of `POST /api/builds`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -23,7 +23,7 @@ impl Version {
         })
     }
 
-    pub fn is_prerelease(&self) -> bool {
+    pub(crate) fn is_prerelease(&self) -> bool {
         !self.0.pre.is_empty()
     }
 }

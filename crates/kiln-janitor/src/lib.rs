@@ -2,7 +2,7 @@
 //!
 //! - `migrate` applies the schema migrations ([`migrate`]);
 //! - `run` migrates, then runs the [`Task`]s on their cron schedules
-//!   ([`run`], [`schedule`]) while this process is the leader among
+//!   ([`run`], `schedule`) while this process is the leader among
 //!   janitors (a Postgres advisory lock, see [`kiln_queue::Leadership`]);
 //! - `once` runs every task once and reports ([`once`]).
 //!
@@ -20,7 +20,7 @@
 
 mod error;
 mod janitor;
-pub mod schedule;
+mod schedule;
 mod task;
 
 use std::future::Future;
@@ -90,7 +90,7 @@ pub async fn migrate(config: &Config) -> Result<Vec<String>, JanitorError> {
 }
 
 /// Connect to the (migrated) database and the object store.
-pub async fn connect(config: &Config, settings: JanitorSettings) -> Result<Janitor, JanitorError> {
+async fn connect(config: &Config, settings: JanitorSettings) -> Result<Janitor, JanitorError> {
     let storage = Storage::from_config(&config.storage)?;
     let queue = Queue::connect(
         config.database.url.expose(),

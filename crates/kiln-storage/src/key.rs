@@ -49,7 +49,7 @@ impl ObjectName {
     }
 
     /// The name whose [`file_name`](Self::file_name) is exactly `s`.
-    pub fn from_file_name(s: &str) -> Option<ObjectName> {
+    pub(crate) fn from_file_name(s: &str) -> Option<ObjectName> {
         Self::ALL.into_iter().find(|n| n.file_name() == s)
     }
 }
@@ -87,7 +87,7 @@ impl ObjectKey {
         &self.build
     }
 
-    pub fn name(&self) -> ObjectName {
+    pub(crate) fn name(&self) -> ObjectName {
         self.name
     }
 }

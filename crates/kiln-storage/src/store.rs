@@ -57,7 +57,7 @@ pub enum ByteRange {
 impl ByteRange {
     /// The absolute range this asks for in an object of `size` bytes, or
     /// `None` when it is not satisfiable (empty, or starting past the end).
-    pub fn resolve(&self, size: u64) -> Option<Range<u64>> {
+    pub(crate) fn resolve(&self, size: u64) -> Option<Range<u64>> {
         let r = match *self {
             ByteRange::Bounded(ref r) => r.start..r.end.min(size),
             ByteRange::From(start) => start..size,

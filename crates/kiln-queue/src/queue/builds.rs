@@ -2,7 +2,6 @@
 
 use chrono::{DateTime, Utc};
 use kiln_domain::{AttemptOutcome, BuildKey, BuildManifest, BuildSpec, BuildState, FailureKind};
-use serde::Serialize;
 
 use super::rows::{self, AttemptRecord, BUILD_COLUMNS, BuildRecord, UpsertRecord};
 use super::{Queue, secs};
@@ -19,7 +18,7 @@ pub mod priority {
 }
 
 /// A build row as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Build {
     pub key: BuildKey,
     pub recipe: String,
@@ -60,7 +59,7 @@ pub struct Enqueued {
 }
 
 /// One attempt at a build.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Attempt {
     pub id: i64,
     pub attempt_no: i32,
@@ -72,7 +71,7 @@ pub struct Attempt {
 }
 
 /// Counts of builds by state, for metrics.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct StateCounts {
     pub queued: i64,
     pub running: i64,

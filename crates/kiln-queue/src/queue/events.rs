@@ -4,7 +4,6 @@
 
 use chrono::{DateTime, Utc};
 use kiln_domain::BuildKey;
-use serde::Serialize;
 
 use super::Queue;
 use super::leases::{Lease, lost};
@@ -12,8 +11,7 @@ use crate::QueueError;
 
 /// Kinds of entries in a build's event stream. The stream's closing
 /// `result` is not stored: the API derives it from the final build row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
     /// A chunk of build output (text).
     Log,
@@ -26,7 +24,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EventKind::Log => "log",
             EventKind::State => "state",
@@ -39,7 +37,7 @@ impl EventKind {
 /// One entry of a build's event stream. `kind` stays text: a process of a
 /// newer release may write kinds this one does not know, and readers pass
 /// them on (as SSE event names) rather than fail.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Event {
     pub id: i64,
     pub attempt_id: Option<i64>,

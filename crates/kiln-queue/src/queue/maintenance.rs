@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kiln_domain::{BuildKey, BuildState};
-use serde::Serialize;
 
 use super::rows::{self, ExpirableRecord, JanitorRunRecord};
 use super::{Queue, secs};
@@ -14,7 +13,7 @@ use crate::QueueError;
 use crate::listener::Channel;
 
 /// What a rescue pass did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RescueReport {
     /// Builds put back in the queue.
     pub requeued: Vec<BuildKey>,
@@ -56,7 +55,7 @@ pub enum Removal<E> {
 }
 
 /// The last run of one janitor task, as `/metrics` reports it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct JanitorRun {
     pub task: String,
     pub janitor_id: String,

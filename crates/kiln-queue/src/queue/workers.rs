@@ -3,7 +3,6 @@
 
 use chrono::{DateTime, Utc};
 use kiln_domain::WorkerState;
-use serde::Serialize;
 
 use super::Queue;
 use super::rows::WorkerRecord;
@@ -20,7 +19,7 @@ pub struct WorkerInfo {
 }
 
 /// A worker row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct WorkerRow {
     pub id: String,
     pub host: String,
