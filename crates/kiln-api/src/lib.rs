@@ -9,7 +9,9 @@
 //!
 //! Map of the crate (its modules are private; [`app`], [`run`], [`serve`]
 //! and [`AppState`] are the interface):
-//! - `routes`: the handlers (`builds`, `compat`, `live` logs and events, `ops`);
+//! - `routes`: the handlers (`builds`, `compat`, `live` logs and events,
+//!   `recipes` with their versions and dry-run resolution, `ops`);
+//! - `page`: the download page at `/` (server-rendered, a little JS);
 //! - `resolve`: "latest" to absolute versions (static lists, Go module proxy);
 //! - `wait`: waiting on Postgres `NOTIFY` for a build to change;
 //! - `serve`: objects from storage with `Range`, `ETag`, presigned `303`s;
@@ -20,6 +22,7 @@
 mod error;
 mod metrics;
 mod middleware;
+mod page;
 mod query;
 mod resolve;
 mod routes;
@@ -43,7 +46,7 @@ use tokio::net::TcpListener;
 pub use error::ApiError;
 pub use state::AppState;
 
-use routes::{builds, compat, live, ops};
+use routes::{builds, compat, live, ops, recipes};
 
 /// How long open requests may go on after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -65,6 +68,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/builds/{key}/build.json", get(builds::manifest))
         .route("/api/compat", get(compat::compat))
         .route("/api/recipes", get(ops::recipes))
+        .route("/api/recipes/{name}", get(recipes::recipe))
+        .route("/api/recipes/{name}/versions", get(recipes::versions))
+        .route("/api/resolve", get(recipes::resolve))
         .route("/api/signing-key", get(ops::signing_key))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -117,13 +117,7 @@ impl Resolver {
         module: &ModulePath,
         wanted: &VersionWanted,
     ) -> Result<Version, ApiError> {
-        let proxy_err = |e: ProxyError| match e {
-            ProxyError::UnknownModule(_) => ApiError::bad_request(field, "unknown_module", e.to_string()),
-            ProxyError::Unreachable { .. } => {
-                tracing::warn!(error = %e, "Go module proxy lookup failed");
-                ApiError::new(StatusCode::BAD_GATEWAY, "proxy_unreachable", e.to_string()).with_field(field)
-            }
-        };
+        let proxy_err = |e: ProxyError| proxy_error(field, e);
         let listed = self.versions(module).await.map_err(proxy_err)?;
         match wanted {
             // The list may omit versions (retracted or untagged ones); ask for the exact one.
@@ -136,6 +130,32 @@ impl Resolver {
             }
             _ => Ok(version::choose(field, &listed, wanted)?),
         }
+    }
+
+    /// The versions a recipe offers for `module` (a plugin) or, when
+    /// `module` is `None`, for the product itself, oldest first: the
+    /// configuration's static list, else the Go module proxy's.
+    pub async fn offered(&self, recipe: &Recipe, module: Option<&ModulePath>) -> Result<Arc<Vec<Version>>, ApiError> {
+        let proxied = match (module, &recipe.versions) {
+            (None, VersionSource::Static { versions }) => return Ok(Arc::new(sorted(versions))),
+            (None, VersionSource::GoProxy { module }) => module,
+            (Some(m), _) => match recipe.plugins.versions.get(m.as_str()) {
+                Some(list) => return Ok(Arc::new(sorted(list))),
+                None if recipe.plugins.go_proxy => m,
+                None => {
+                    let known: Vec<&str> = recipe.plugins.versions.keys().map(String::as_str).collect();
+                    return Err(ApiError::bad_request(
+                        "module",
+                        "unknown_plugin",
+                        format!(
+                            "the recipe has no plugin {m}; its plugins: {}",
+                            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                        ),
+                    ));
+                }
+            },
+        };
+        self.versions(proxied).await.map_err(|e| proxy_error("module", e))
     }
 
     /// The versions the proxy lists for `module`, cached.
@@ -208,6 +228,24 @@ impl Resolver {
             s if s.is_success() => resp.text().await.map_err(|e| unreachable(without_url(&e))),
             StatusCode::NOT_FOUND | StatusCode::GONE => Err(ProxyError::UnknownModule(module.to_string())),
             s => Err(unreachable(format!("it answered {s}"))),
+        }
+    }
+}
+
+fn sorted(list: &[Version]) -> Vec<Version> {
+    let mut v = list.to_vec();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// A proxy failure as the API's error on `field`.
+fn proxy_error(field: &str, e: ProxyError) -> ApiError {
+    match e {
+        ProxyError::UnknownModule(_) => ApiError::bad_request(field, "unknown_module", e.to_string()),
+        ProxyError::Unreachable { .. } => {
+            tracing::warn!(error = %e, "Go module proxy lookup failed");
+            ApiError::new(StatusCode::BAD_GATEWAY, "proxy_unreachable", e.to_string()).with_field(field)
         }
     }
 }

@@ -7,6 +7,10 @@
 //! [`HOT_TTL`] after one lookup. A download of a hot build touches neither
 //! the queue nor the store's metadata; it opens the object and streams it.
 //! When the object turns out to be gone, the entry is dropped.
+//!
+//! A recipe's figures for the download page (plugin build counts, typical
+//! build time) are kept for [`STATS_TTL`], so page views cost at most two
+//! queries per recipe in that time.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -17,7 +21,7 @@ use axum::http::HeaderMap;
 use bytes::Bytes;
 use kiln_config::Config;
 use kiln_domain::{BuildKey, BuildState, Recipe};
-use kiln_queue::{Build, Channel, Notification, Notifier, Queue};
+use kiln_queue::{Build, Channel, Notification, Notifier, Queue, RecipeStats};
 use kiln_storage::{ObjectInfo, ObjectKey, ObjectName, Storage};
 use tokio::sync::broadcast;
 
@@ -27,6 +31,8 @@ use crate::resolve::Resolver;
 
 /// How long a succeeded build's row and object facts are reused.
 pub const HOT_TTL: Duration = Duration::from_secs(10);
+/// How long a recipe's figures for the download page are reused.
+pub const STATS_TTL: Duration = Duration::from_secs(10);
 /// The most builds kept hot.
 const HOT_MAX: usize = 4096;
 /// Objects up to this size are kept in memory with their hot build.
@@ -49,6 +55,8 @@ struct Inner {
     hot: Mutex<HashMap<BuildKey, Hot>>,
     /// Bytes of small objects held in `hot`.
     hot_bytes: std::sync::atomic::AtomicUsize,
+    /// Recipe figures for the page, by recipe, with when they were read.
+    stats: Mutex<HashMap<String, (Instant, Arc<RecipeStats>)>>,
     watcher: tokio::task::JoinHandle<()>,
 }
 
@@ -107,6 +115,7 @@ impl AppState {
                 metrics,
                 hot: Mutex::new(HashMap::new()),
                 hot_bytes: Default::default(),
+                stats: Mutex::new(HashMap::new()),
                 watcher,
             }
         })
@@ -252,6 +261,21 @@ impl AppState {
             h.objects.insert(name, facts.clone());
         }
         Ok(facts)
+    }
+
+    /// The download page's figures of recipe `name`, at most [`STATS_TTL`] old.
+    pub async fn recipe_stats(&self, name: &str) -> ApiResult<Arc<RecipeStats>> {
+        {
+            let stats = self.0.stats.lock().expect("stats lock");
+            if let Some((_, s)) = stats.get(name).filter(|(at, _)| at.elapsed() < STATS_TTL) {
+                return Ok(s.clone());
+            }
+        }
+        let fresh = Arc::new(self.0.queue.recipe_stats(name).await?);
+        let mut stats = self.0.stats.lock().expect("stats lock");
+        stats.retain(|_, (at, _)| at.elapsed() < STATS_TTL);
+        stats.insert(name.to_owned(), (Instant::now(), fresh.clone()));
+        Ok(fresh)
     }
 
     /// Are the database and the object store reachable?

@@ -389,6 +389,7 @@ impl Config {
             if recipe.binary.is_empty() || recipe.binary.contains('/') || recipe.binary.starts_with('.') {
                 return Err((key("binary"), "a plain file name in out/".into()));
             }
+            kiln_domain::catalogue::check(recipe).map_err(|(k, why)| (key(&k), why))?;
             if let Some(oci) = &recipe.oci {
                 if !kiln_domain::image_ref::is_path_component(name) {
                     return Err((

@@ -156,3 +156,38 @@ fn oci_sections_parse_and_bad_ones_name_the_key() {
     let err = parse(&bad_name, &[("DATABASE_URL", "x")]).unwrap_err().to_string();
     assert!(err.contains("recipes.hello-.oci") && err.contains("registry"), "{err}");
 }
+
+#[test]
+fn catalogues_are_checked_and_name_the_key() {
+    let good = "    plugins: { allow: [\"example.com/*\"], versions: { example.com/greet: [v0.1.0] } }\n    \
+                catalogue:\n      - { module: example.com/greet, description: Says hello, docs: \"https://example.com/greet\" }\n";
+    let c = with_recipe(good).unwrap();
+    assert_eq!(c.recipes["hello"].catalogue[0].module.as_str(), "example.com/greet");
+    assert!(c.recipes["hello"].listed, "listed by default");
+    assert!(!with_recipe("    listed: false\n").unwrap().recipes["hello"].listed);
+
+    let err = with_recipe(&good.replace("https://example.com/greet", "ftp://x")).unwrap_err().to_string();
+    assert!(err.contains("test.yml") && err.contains("recipes.hello.catalogue[0].docs"), "{err}");
+    let err = with_recipe(&good.replace("module: example.com/greet", "module: other.org/x")).unwrap_err().to_string();
+    assert!(err.contains("recipes.hello.catalogue[0].module") && err.contains("plugins.allow"), "{err}");
+    let err = with_recipe(&good.replace("module: example.com/greet", "module: \"bad path\"")).unwrap_err().to_string();
+    assert!(err.contains("recipes.hello.catalogue[0].module") && err.contains("module path"), "{err}");
+    let err = with_recipe(&good.replace("description:", "summary:")).unwrap_err().to_string();
+    assert!(err.contains("summary"), "{err}");
+}
+
+#[test]
+fn the_shipped_catalogues_are_real() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let vars = [("DATABASE_URL", "x"), ("KILN_S3_BUCKET", "kiln"), ("KILN_ADMIN_TOKEN", "t")];
+    let text = std::fs::read_to_string(format!("{root}/config.example.yml")).unwrap();
+    let caddy = parse(&text, &vars).unwrap().recipes.remove("caddy").unwrap();
+    assert!(caddy.catalogue.len() >= 5, "caddy lists well-known plugins");
+    assert!(caddy.catalogue.iter().any(|p| p.module.as_str() == "github.com/caddy-dns/cloudflare"));
+    let text = std::fs::read_to_string(format!("{root}/config.test.yml")).unwrap();
+    let c = parse(&text, &vars).unwrap();
+    assert!(c.recipes["hello"].listed && c.recipes["hello"].catalogue.len() >= 2);
+    for test_only in ["fail", "sleep", "escape"] {
+        assert!(!c.recipes[test_only].listed, "{test_only} is a test recipe, not listed");
+    }
+}

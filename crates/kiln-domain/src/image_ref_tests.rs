@@ -24,6 +24,7 @@ fn recipe() -> Recipe {
         artifact_ttl_secs: None,
         oci: Some(Default::default()),
         listed: true,
+        catalogue: vec![],
     }
 }
 

@@ -9,6 +9,7 @@
 //! database, no Docker, no HTTP and no file system; every other crate builds
 //! on these types.
 
+pub mod catalogue;
 pub mod digest;
 pub mod image_ref;
 mod key;
@@ -23,6 +24,7 @@ pub mod version;
 
 mod error;
 
+pub use catalogue::CataloguePlugin;
 pub use digest::OciDigest;
 pub use error::ValidationError;
 pub use image_ref::{ImageName, ImageRefError, Reference, RegistryCode, Tag};

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::module::pattern_matches;
-use crate::{ModulePath, OciSpec, Platform, Version};
+use crate::{CataloguePlugin, ModulePath, OciSpec, Platform, Version};
 
 /// One product Kiln can build, e.g. `caddy`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +44,10 @@ pub struct Recipe {
     /// name. Not part of the [`Recipe::revision`]: listing changes no build.
     #[serde(default = "listed_by_default", skip_serializing)]
     pub listed: bool,
+    /// The plugins the download page lists ([`crate::catalogue`]).
+    /// Presentation only, like `listed`: editing it keeps build keys.
+    #[serde(default, skip_serializing)]
+    pub catalogue: Vec<CataloguePlugin>,
 }
 
 fn listed_by_default() -> bool {
@@ -154,6 +158,7 @@ mod tests {
             artifact_ttl_secs: None,
             oci: None,
             listed: true,
+            catalogue: vec![],
         };
         let json = serde_json::to_string(&recipe).unwrap();
         assert!(!json.contains("oci"), "{json}");
@@ -177,5 +182,22 @@ mod tests {
         let mut other = listed.clone();
         other.binary = "other".into();
         assert_ne!(listed.revision(), other.revision());
+    }
+
+    #[test]
+    fn the_catalogue_leaves_the_revision_alone() {
+        let yaml = r#"{"image": "img", "versions": {"source": "static", "versions": ["v1.0.0"]},
+            "plugins": {"allow": ["example.com/*"], "go_proxy": true},
+            "platforms": ["linux/amd64"], "binary": "hello", "steps": []}"#;
+        let plain: Recipe = serde_json::from_str(yaml).unwrap();
+        assert!(plain.listed, "recipes are listed unless they say otherwise");
+        let mut shown = plain.clone();
+        shown.catalogue.push(CataloguePlugin {
+            module: ModulePath::parse("m", "example.com/greet").unwrap(),
+            description: "Says hello".into(),
+            docs: "https://example.com".into(),
+            category: None,
+        });
+        assert_eq!(shown.revision(), plain.revision(), "presentation is no build input");
     }
 }

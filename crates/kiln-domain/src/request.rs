@@ -257,6 +257,7 @@ mod tests {
             artifact_ttl_secs: None,
             oci: None,
             listed: true,
+            catalogue: vec![],
         }
     }
 

@@ -11,7 +11,8 @@
 //!   process and fans typed [`Notification`]s out to any number of
 //!   subscribers, reconnecting when the connection drops.
 //! - [`Leadership`] lets one of several janitors act at a time (a
-//!   session-level advisory lock on a dedicated connection).
+//!   session-level advisory lock on a dedicated connection); the download page's figures
+//!   (plugin build counts, typical build time) come from `queue/stats.rs`.
 //!
 //! Fencing: a claim creates an attempt row whose id is the lease's token.
 //! Every later write by the worker names that token and only succeeds while
@@ -30,6 +31,7 @@ pub use queue::builds::{Attempt, Build, EnqueueOutcome, Enqueued, StateCounts, p
 pub use queue::events::{Event, EventKind};
 pub use queue::leadership::Leadership;
 pub use queue::leases::{Claim, HandBack, HeartbeatOutcome, Lease, RetryOutcome};
+pub use queue::stats::RecipeStats;
 pub use queue::maintenance::{Expirable, ExpiryPolicy, JanitorRun, Removal, RescueReport};
 pub use queue::workers::{WorkerInfo, WorkerRow};
 pub use queue::{Queue, QueueSettings};

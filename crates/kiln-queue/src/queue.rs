@@ -7,7 +7,8 @@
 //!   API reads);
 //! - [`workers`]: the worker registry;
 //! - [`maintenance`]: the janitor's rescue, expiry, pruning and run records;
-//! - [`leadership`]: the janitors' leader lock.
+//! - [`leadership`]: the janitors' leader lock;
+//! - [`stats`]: the download page's figures (build counts, typical times).
 //!
 //! Rows are decoded in [`rows`], the one place where text from the database
 //! becomes a [`kiln_domain`] type.
@@ -18,6 +19,7 @@ pub(crate) mod leadership;
 pub(crate) mod leases;
 pub(crate) mod maintenance;
 mod rows;
+pub(crate) mod stats;
 pub(crate) mod workers;
 
 use std::time::Duration;

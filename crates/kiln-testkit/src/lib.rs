@@ -6,9 +6,12 @@
 //!   migrated once per test run.
 //! - [`farm::Farm`]: real `kiln-api`, `kiln-worker` and `kiln-janitor`
 //!   processes over `config.test.yml`, a fresh database and data directory.
+//! - [`browser::Browser`]: headless Chromium over WebDriver, with
+//!   screenshots under `target/page-screenshots/`.
 //! - [`docker_available`]: whether Docker tests can run; when it cannot, it
 //!   prints a loud `SKIPPED` line so a skipped test never passes silently.
 
+pub mod browser;
 mod db;
 pub mod farm;
 pub mod rows;

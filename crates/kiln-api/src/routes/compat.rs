@@ -3,7 +3,9 @@
 //! Parameters: `os`, `arch`, `arm`, repeated `p` (`module[@version]`),
 //! `version`, repeated `r` (`module=target[@version]`, where the recipe
 //! allows replacements), and Kiln's own `recipe` (default `caddy`, where the
-//! farm has that recipe; else it must be given). Unknown
+//! farm has that recipe; else it must be given) and `platform`
+//! (`os/arch[/arm]`, used when `os` is absent: what the download page's form
+//! sends when JavaScript is off). Unknown
 //! parameters (`idempotency`, …) are ignored; for repeated single-valued
 //! parameters the first wins, as Go's `Query().Get` does.
 //!
@@ -52,12 +54,19 @@ pub fn request(state: &AppState, q: &Query) -> ApiResult<BuildRequest> {
     };
     let replacements =
         q.all("r").filter(|r| !r.is_empty()).map(ReplacementRequest::from_compat).collect::<Result<Vec<_>, _>>()?;
+    let (os, arch, arm) = match (get("os"), q.first("platform").filter(|p| !p.is_empty())) {
+        (None, Some(platform)) => {
+            let mut parts = platform.splitn(3, '/').map(str::to_owned);
+            (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next())
+        }
+        (os, _) => (os.unwrap_or_default(), get("arch").unwrap_or_default(), get("arm")),
+    };
     Ok(BuildRequest {
         recipe,
-        version: get("version"),
-        os: get("os").unwrap_or_default(),
-        arch: get("arch").unwrap_or_default(),
-        arm: get("arm").filter(|a| !a.is_empty()),
+        version: get("version").filter(|v| !v.is_empty()),
+        os,
+        arch,
+        arm: arm.filter(|a| !a.is_empty()),
         plugins: q.all("p").filter(|p| !p.is_empty()).map(PluginRequest::from_compat).collect(),
         replacements,
     })
@@ -121,21 +130,26 @@ pub async fn compat(
         }
     }
     let recipe = state.recipe(&spec.recipe)?;
-    let p = &spec.platform;
-    let arch = match p.arm {
-        Some(v) => format!("{}{v}", p.arch),
-        None => p.arch.clone(),
-    };
-    let mut filename = format!("{}_{}_{}_custom", recipe.binary, p.os, arch);
-    if p.os == "windows" {
-        filename.push_str(".exe");
-    }
     let extra = Extra {
-        filename: Some(filename),
+        filename: Some(file_name(recipe, &spec.platform)),
         location: (method == Method::HEAD).then(|| state.url(&format!("/api/builds/{key}/binary"))),
         presign: false,
     };
     serve::object(&state, &build, ObjectName::Binary, &method, &headers, extra).await
+}
+
+/// The binary's download name, as the Caddy download API gives it:
+/// `<binary>_<os>_<arch>[<arm>]_custom`, `.exe` on windows.
+pub fn file_name(recipe: &kiln_domain::Recipe, p: &kiln_domain::Platform) -> String {
+    let arch = match p.arm {
+        Some(v) => format!("{}{v}", p.arch),
+        None => p.arch.clone(),
+    };
+    let mut name = format!("{}_{}_{}_custom", recipe.binary, p.os, arch);
+    if p.os == "windows" {
+        name.push_str(".exe");
+    }
+    name
 }
 
 fn timed_out(state: &AppState, build: &Build, timeout: Duration) -> ApiError {

@@ -4,3 +4,4 @@ pub mod builds;
 pub mod compat;
 pub mod live;
 pub mod ops;
+pub mod recipes;

@@ -2,55 +2,60 @@
 //! readiness, metrics, the download page, and JSON for unknown routes.
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use kiln_domain::recipe::VersionSource;
 use serde_json::json;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::page;
+use crate::query::RawQuery as Query;
 
-const PAGE: &str = include_str!("../page.html");
-
-/// `GET /`: the download page.
-pub async fn index() -> Response {
-    let mut resp = Html(PAGE).into_response();
+/// `GET /`: the download page, rendered for the query's choices.
+pub async fn index(State(state): State<AppState>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult<Response> {
+    // A malformed query still gets the page, with nothing preselected.
+    let q = Query::parse(q.as_deref()).unwrap_or_default();
+    let choices = page::Choices::from_query(&q);
+    let recipes: Vec<_> = state.config().recipes.iter().map(|(n, r)| (n.as_str(), r)).collect();
+    let stats = match page::chosen_recipe(&recipes, &choices) {
+        Some((name, _)) => match state.recipe_stats(name).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "download page: no build figures");
+                None
+            }
+        },
+        None => None,
+    };
+    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    let input = page::PageInput { recipes, choices, user_agent, stats: stats.as_deref() };
+    let html = page::render(&input).map_err(|e| {
+        tracing::error!(error = %e, "download page: rendering failed");
+        ApiError::internal("the download page could not be rendered")
+    })?;
+    let mut resp = Html(html).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    resp
+    // Nothing on the page comes from elsewhere, and nothing may.
+    resp.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
+             img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    );
+    Ok(resp)
 }
 
-/// `GET /api/recipes`: the listed recipes, their platforms, versions and
-/// plugin rules. Unlisted ones (`listed: false`) are left out; they are
-/// still built when a request names them.
+/// `GET /api/recipes`: the listed recipes, their platforms, versions,
+/// plugin rules and catalogues (unlisted ones answer at `/api/recipes/{name}`).
 pub async fn recipes(State(state): State<AppState>) -> Response {
     let list: Vec<_> = state
         .config()
         .recipes
         .iter()
         .filter(|(_, r)| r.listed)
-        .map(|(name, r)| {
-            let versions = match &r.versions {
-                VersionSource::Static { versions } => {
-                    json!({"source": "static", "versions": versions.iter().map(ToString::to_string).collect::<Vec<_>>()})
-                }
-                VersionSource::GoProxy { module } => json!({"source": "go_proxy", "module": module}),
-            };
-            json!({
-                "name": name,
-                "revision": r.revision(),
-                "binary": r.binary,
-                "platforms": r.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "versions": versions,
-                "plugins": {
-                    "allow": r.plugins.allow,
-                    "max": r.plugins.max,
-                    "versions": r.plugins.versions,
-                    "go_proxy": r.plugins.go_proxy,
-                    "replacements": r.plugins.replacements,
-                },
-            })
-        })
+        .map(|(name, r)| crate::routes::recipes::recipe_json(name, r, None))
         .collect();
     Json(json!({ "recipes": list })).into_response()
 }

@@ -5,5 +5,6 @@
 mod e2e;
 mod farm;
 mod inproc;
+mod page;
 mod proxy;
 mod startup;

@@ -4,4 +4,5 @@ mod claims;
 mod fencing;
 mod maintenance;
 mod notify;
+mod stats;
 mod support;
