@@ -20,3 +20,16 @@ ensure_skopeo() {
     fi
     command -v skopeo
 }
+
+# chromium and chromedriver: the real browser the download page is tested
+# in (headless, driven over WebDriver). Exports KILN_TEST_CHROMIUM and
+# KILN_TEST_CHROMEDRIVER for the tests.
+ensure_chromium() {
+    if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+        echo "installing chromium and chromium-driver" >&2
+        _kiln_apt_install --no-install-recommends chromium chromium-driver fonts-dejavu-core || return 1
+    fi
+    KILN_TEST_CHROMIUM=$(command -v chromium)
+    KILN_TEST_CHROMEDRIVER=$(command -v chromedriver)
+    export KILN_TEST_CHROMIUM KILN_TEST_CHROMEDRIVER
+}

@@ -141,7 +141,8 @@ mod tests {
 
     #[test]
     fn each_mistake_names_its_key() {
-        let cases: Vec<(Box<dyn Fn(&mut CataloguePlugin)>, &str, &str)> = vec![
+        type Change = Box<dyn Fn(&mut CataloguePlugin)>;
+        let cases: Vec<(Change, &str, &str)> = vec![
             (Box::new(|e| e.module = ModulePath::parse("m", "other.org/x").unwrap()), "module", "not allowed"),
             (Box::new(|e| e.module = ModulePath::parse("m", "example.com/shout").unwrap()), "module", "no versions"),
             (Box::new(|e| e.description = " ".into()), "description", "empty"),

@@ -17,7 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use fantoccini::{Client, ClientBuilder, Locator};
+pub use fantoccini::{self, Locator};
+use fantoccini::{Client, ClientBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 
@@ -31,7 +32,8 @@ pub const PAGE_WAIT: Duration = Duration::from_secs(90);
 /// Options of a browser session.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Window width and height in CSS pixels.
+    /// Viewport width and height in CSS pixels. Below Chromium's smallest
+    /// window (500 px wide) the page is shown as on a phone of that size.
     pub size: (u32, u32),
     /// A `User-Agent` to send instead of Chromium's.
     pub user_agent: Option<String>,
@@ -111,18 +113,21 @@ impl Browser {
         if let Some(ua) = &options.user_agent {
             args.push(format!("--user-agent={ua}"));
         }
-        let caps = json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": chromium,
-                "args": args,
-                "prefs": {
-                    "download.default_directory": downloads.path(),
-                    "download.prompt_for_download": false,
-                    "download.directory_upgrade": true,
-                },
+        let mut chrome = json!({
+            "binary": chromium,
+            "args": args,
+            "prefs": {
+                "download.default_directory": downloads.path(),
+                "download.prompt_for_download": false,
+                "download.directory_upgrade": true,
             },
         });
+        if options.size.0 < 500 {
+            chrome["mobileEmulation"] = json!({
+                "deviceMetrics": {"width": options.size.0, "height": options.size.1, "pixelRatio": 1.0, "touch": true},
+            });
+        }
+        let caps = json!({ "browserName": "chrome", "goog:chromeOptions": chrome });
         let caps = match caps {
             serde_json::Value::Object(m) => m,
             _ => unreachable!("an object"),

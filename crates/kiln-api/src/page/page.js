@@ -17,7 +17,7 @@
   };
   const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
   const seconds = (s) => (s < 90 ? `${Math.round(s)} s` : `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`);
-  const bytes = (n) => (n < 1024 * 1024 ? `${(n / 1024).toFixed(0)} KiB` : `${(n / 1048576).toFixed(1)} MiB`);
+  const bytes = (n) => (n < 1024 ? plural(n, "byte", "bytes") : n < 1048576 ? `${(n / 1024).toFixed(0)} KiB` : `${(n / 1048576).toFixed(1)} MiB`);
   const shellQuote = (s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 
   // ---- Choices ----------------------------------------------------------------
@@ -170,7 +170,8 @@
       verdict(`Being built right now: ${what}. Press the button to follow it.`);
       $("build").textContent = "Follow the build";
     } else if (body.state === "failed") {
-      verdict(`This exact combination failed to build: ${(body.build && body.build.error || "").split("\n")[0]}`, "bad");
+      const why = ((body.build && body.build.error) || "").split("; last output:")[0].split("\n")[0];
+      verdict(`This exact combination failed to build${why ? ` (${why})` : ""}. The button shows the error and the log.`, "bad");
       $("build").textContent = "Show the failure";
     } else {
       const typical = body.typical_secs != null ? ` — typically ${seconds(body.typical_secs)}` : "";
@@ -192,11 +193,14 @@
         body: JSON.stringify(request()),
       });
       const body = await res.json();
-      if (!res.ok) { verdict(body.error ? body.error.message : `error ${res.status}`, "bad"); return; }
+      if (!res.ok) {
+        verdict(body.error ? body.error.message : `error ${res.status}`, "bad");
+        button.disabled = false;
+        return;
+      }
       follow(body);
     } catch (e) {
       verdict(`Cannot reach the farm: ${e.message}`, "bad");
-    } finally {
       button.disabled = false;
     }
   }
@@ -206,9 +210,14 @@
     clearInterval(state.ticker);
     if (["succeeded", "failed", "cancelled"].includes(build.state)) { finish(build); return; }
     state.key = build.key;
+    state.step = null;
     const started = Date.now();
+    $("build").disabled = true;
+    verdict("Building — the progress is below. This page can be closed; the build goes on.");
     $("progress").hidden = false;
+    $("log-box").open = true;
     $("log").textContent = "";
+    $("progress-title").textContent = "Building";
     $("bar").removeAttribute("value");
     $("step").textContent = build.state === "running" ? "starting" : "waiting for a worker";
     $("link-state").textContent = "";
@@ -229,7 +238,8 @@
       const d = JSON.parse(e.data);
       $("step").textContent = `step ${d.index + 1} of ${d.total}: ${d.name}`;
       $("bar").max = d.total;
-      $("bar").value = d.index;
+      $("bar").value = d.index + 0.5;
+      state.step = `${d.index + 1} of ${d.total}: ${d.name}`;
     });
     es.addEventListener("step_finished", (e) => {
       const d = JSON.parse(e.data);
@@ -269,13 +279,19 @@
   async function finish(build) {
     clearInterval(state.ticker);
     if (state.source) { state.source.close(); state.source = null; }
-    $("progress").hidden = true;
+    $("build").disabled = false;
+    const ok = build.state === "succeeded";
+    // A failure keeps the live log in view, with where it stopped.
+    $("progress").hidden = ok || $("log").textContent === "";
+    if (!ok) {
+      $("progress-title").textContent = "Log";
+      $("step").textContent = state.step ? `stopped at step ${state.step}` : build.state;
+    }
     const result = $("result");
     result.hidden = false;
     const plugins = build.plugins.map((p) => `${p.module}@${p.version}`).join(", ");
     $("what").textContent = `${build.recipe} ${build.version} for ${build.platform}` +
       (plugins ? ` with ${plugins}` : "") + ` · build ${build.key.slice(0, 12)}`;
-    const ok = build.state === "succeeded";
     result.className = `panel ${ok ? "ok" : "failed"}`;
     $("success").hidden = !ok;
     $("failure").hidden = ok;
@@ -284,6 +300,7 @@
       $("error").textContent = build.error || "no error was recorded";
       $("failure-log").href = build.links.log;
       result.focus();
+      resolve();
       return;
     }
     $("result-title").textContent = "Ready";

@@ -2,6 +2,7 @@
 //! `oneshot` over a real database and local storage; end-to-end ones spawn
 //! the real `kiln-api` and `kiln-worker` binaries (see `farm.rs`).
 
+mod catalogue;
 mod e2e;
 mod farm;
 mod inproc;

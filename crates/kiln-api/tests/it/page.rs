@@ -3,8 +3,7 @@
 //! the page goes through is saved as a screenshot under
 //! `target/page-screenshots/` for a reviewer to look at.
 
-use fantoccini::Locator;
-use kiln_testkit::browser::{Browser, Options};
+use kiln_testkit::browser::{Browser, Locator, Options};
 use serde_json::json;
 
 use crate::farm::ApiFarm;
@@ -45,10 +44,11 @@ async fn click(b: &Browser, css: &str) {
     b.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css}: {e}")).click().await.unwrap();
 }
 
+/// Replace the text of an input as a person would: select all, delete, type.
 async fn type_into(b: &Browser, css: &str, text: &str) {
+    const SELECT_ALL_DELETE: &str = "\u{E009}a\u{E000}\u{E003}";
     let e = b.client.find(Locator::Css(css)).await.unwrap();
-    e.clear().await.unwrap();
-    e.send_keys(text).await.unwrap();
+    e.send_keys(&format!("{SELECT_ALL_DELETE}{text}")).await.unwrap();
 }
 
 fn plugin_box(module: &str) -> String {
@@ -71,12 +71,14 @@ async fn page_searches_builds_two_plugins_and_downloads_what_compat_serves() {
     b.shot("1-before").await;
 
     // Search filters as you type: by module path, by description, by category.
-    type_into(&b, "#search", "gree").await;
-    assert_eq!(b.js(VISIBLE, vec![]).await, json!(["example.com/greet"]));
+    type_into(&b, "#search", "wav").await;
+    assert_eq!(b.js(VISIBLE, vec![]).await, json!(["example.com/wave"]));
     type_into(&b, "#search", "capital").await;
     assert_eq!(b.js(VISIBLE, vec![]).await, json!(["example.com/shout"]));
-    type_into(&b, "#search", "gestures").await;
-    assert_eq!(b.js(VISIBLE, vec![]).await, json!(["example.com/wave"]));
+    type_into(&b, "#search", "greetings").await;
+    assert_eq!(b.js(VISIBLE, vec![]).await, json!(["example.com/greet", "example.com/shout"]));
+    type_into(&b, "#search", "GREET whoever").await;
+    assert_eq!(b.js(VISIBLE, vec![]).await, json!(["example.com/greet"]));
     type_into(&b, "#search", "no such plugin").await;
     assert_eq!(b.js(VISIBLE, vec![]).await, json!([]));
     assert_eq!(b.js("return document.getElementById('no-match').hidden", vec![]).await, json!(false));
@@ -87,7 +89,7 @@ async fn page_searches_builds_two_plugins_and_downloads_what_compat_serves() {
     // Two plugins and a platform that is not the browser's own.
     click(&b, &plugin_box("example.com/greet")).await;
     click(&b, &plugin_box("example.com/shout")).await;
-    click(&b, "input[name=platform][value='linux/arm64'] + span").await;
+    click(&b, "input[name=platform][value='linux/arm64']").await;
     b.until(
         "the versions of greet",
         "return document.querySelector(\"li[data-module='example.com/greet'] .pver select option[value='v0.1.0']\")",

@@ -18,7 +18,7 @@ fn with_plugins(n: u64, plugins: &[&str]) -> BuildSpec {
 /// Enqueue, claim and end `spec` as `state`, having taken `secs` seconds.
 async fn built(db: &TestDb, queue: &Queue, spec: &BuildSpec, state: BuildState, secs: i32) -> BuildKey {
     let key = queue.enqueue(spec, 0).await.unwrap().build.key;
-    let claim = queue.claim("w", &[spec.recipe.clone()]).await.unwrap().expect("claimable");
+    let claim = queue.claim("w", std::slice::from_ref(&spec.recipe)).await.unwrap().expect("claimable");
     match state {
         BuildState::Succeeded => queue.complete(&claim.lease, &serde_json::json!({})).await.unwrap(),
         _ => queue.fail_build(&claim.lease, "exit 1").await.unwrap(),
