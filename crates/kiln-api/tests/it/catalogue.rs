@@ -40,7 +40,7 @@ async fn versions_of_the_product_and_of_each_plugin() {
     assert_eq!(v["module"], "example.com/wave");
     assert_eq!(v["latest"], "v0.3.0");
     api.get("/api/recipes/hello/versions?module=other.org/x").await.error(400, "plugin_not_allowed");
-    api.get("/api/recipes/hello/versions?module=example.com/unlisted").await.error(400, "unknown_version");
+    api.get("/api/recipes/hello/versions?module=example.com/unlisted").await.error(400, "unknown_plugin");
     api.get("/api/recipes/hello/versions?module=a%20b").await.error(400, "invalid_module");
 }
 

@@ -20,7 +20,7 @@ async fn built(db: &TestDb, queue: &Queue, spec: &BuildSpec, state: BuildState, 
     let key = queue.enqueue(spec, 0).await.unwrap().build.key;
     let claim = queue.claim("w", std::slice::from_ref(&spec.recipe)).await.unwrap().expect("claimable");
     match state {
-        BuildState::Succeeded => queue.complete(&claim.lease, &serde_json::json!({})).await.unwrap(),
+        BuildState::Succeeded => queue.complete(&claim.lease, &kiln_testkit::rows::manifest(spec, "w")).await.unwrap(),
         _ => queue.fail_build(&claim.lease, "exit 1").await.unwrap(),
     }
     sqlx::query("UPDATE builds SET started_at = finished_at - make_interval(secs => $2) WHERE key = $1")
