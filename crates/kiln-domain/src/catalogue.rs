@@ -102,27 +102,19 @@ fn check_docs_url(url: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recipe::{PluginRules, VersionSource};
 
     fn recipe(catalogue: Vec<CataloguePlugin>) -> Recipe {
-        Recipe {
-            image: "img".into(),
-            pull: false,
-            versions: VersionSource::Static { versions: vec!["v1.0.0".parse().unwrap()] },
-            plugins: PluginRules {
-                allow: vec!["example.com/*".into()],
-                versions: [("example.com/greet".to_owned(), vec!["v0.1.0".parse().unwrap()])].into(),
-                ..PluginRules::default()
-            },
-            platforms: vec!["linux/amd64".parse().unwrap()],
-            binary: "hello".into(),
-            steps: vec![],
-            cache: None,
-            artifact_ttl_secs: None,
-            oci: None,
-            listed: true,
-            catalogue,
-        }
+        let mut r: Recipe = serde_json::from_value(serde_json::json!({
+            "image": "img",
+            "versions": {"source": "static", "versions": ["v1.0.0"]},
+            "plugins": {"allow": ["example.com/*"], "versions": {"example.com/greet": ["v0.1.0"]}},
+            "platforms": ["linux/amd64"],
+            "binary": "hello",
+            "steps": [],
+        }))
+        .unwrap();
+        r.catalogue = catalogue;
+        r
     }
 
     fn entry(module: &str) -> CataloguePlugin {
