@@ -113,3 +113,16 @@ async fn the_page_is_a_whole_form_without_javascript() {
     assert!(!page.contains("<script>alert") && !page.contains("<img src=x>"), "escaped");
     assert!(page.contains("There is no product called &quot;&lt;script&gt;&quot;"), "{page}");
 }
+
+#[tokio::test]
+async fn proxy_recipes_take_typed_module_paths() {
+    let api = InProc::with(|c| c.recipes.get_mut("hello").unwrap().plugins.go_proxy = true).await;
+    let page =
+        api.get("/?recipe=hello&p=example.com/typed@v1.2.3&p=example.com/greet").await.text().replace("&#x2f;", "/");
+    assert!(page.contains(r#"<input type="text" id="typed" name="p""#), "a box for any allowed module path");
+    assert!(page.contains(r#"data-module="example.com/typed""#), "the URL's typed plugin is a row");
+    assert!(page.contains(r#"value="example.com/typed" id="plugin-5" checked data-version="v1.2.3""#), "{page}");
+    let plain = InProc::new().await.get("/?recipe=hello&p=example.com/typed").await.text();
+    assert!(!plain.contains(r#"id="typed""#), "a recipe without the proxy takes only what it lists");
+    assert!(plain.contains("is not offered for hello"));
+}
