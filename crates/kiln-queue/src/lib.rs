@@ -31,7 +31,7 @@ pub use queue::builds::{Attempt, Build, EnqueueOutcome, Enqueued, StateCounts, p
 pub use queue::events::{Event, EventKind};
 pub use queue::leadership::Leadership;
 pub use queue::leases::{Claim, HandBack, HeartbeatOutcome, Lease, RetryOutcome};
-pub use queue::stats::RecipeStats;
 pub use queue::maintenance::{Expirable, ExpiryPolicy, JanitorRun, Removal, RescueReport};
+pub use queue::stats::RecipeStats;
 pub use queue::workers::{WorkerInfo, WorkerRow};
 pub use queue::{Queue, QueueSettings};
