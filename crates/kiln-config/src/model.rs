@@ -166,6 +166,13 @@ pub struct WorkerConfig {
     pub shutdown_grace_secs: u64,
     /// Resource limits of every build container.
     pub limits: ContainerLimits,
+    /// The Docker network that steps with `network: true` join (created,
+    /// internal and without a gateway address on the host, when missing).
+    pub build_network: String,
+    /// An image with `sleep` and `ip` (busybox): it holds each networked
+    /// step's network namespace and removes its default route. Pulled when
+    /// missing.
+    pub network_helper_image: String,
     pub preemption: PreemptionConfig,
 }
 
@@ -180,6 +187,8 @@ impl Default for WorkerConfig {
             poll_secs: 10,
             shutdown_grace_secs: 30,
             limits: ContainerLimits::default(),
+            build_network: "kiln-build".into(),
+            network_helper_image: "busybox:1.36".into(),
             preemption: PreemptionConfig::default(),
         }
     }
@@ -313,6 +322,14 @@ impl Default for JanitorSchedules {
     }
 }
 
+/// Docker's rule for container and network names.
+fn is_docker_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && name.len() <= 128
+}
+
 fn d_max_connections() -> u32 {
     10
 }
@@ -367,6 +384,15 @@ impl Config {
             || self.worker.limits.user == "root"
         {
             return Err(("worker.limits.user".into(), "build steps never run as root".into()));
+        }
+        if !is_docker_name(&self.worker.build_network) {
+            return Err((
+                "worker.build_network".into(),
+                "a Docker network name: letters, digits, '_', '.', '-', starting with a letter or digit".into(),
+            ));
+        }
+        if self.worker.network_helper_image.trim().is_empty() {
+            return Err(("worker.network_helper_image".into(), "must not be empty".into()));
         }
         let detector = self.worker.preemption.detector;
         if detector == PreemptionDetector::File && self.worker.preemption.path.is_none() {

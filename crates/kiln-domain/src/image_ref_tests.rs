@@ -19,6 +19,7 @@ fn recipe() -> Recipe {
             .map(|p| p.parse().unwrap())
             .collect(),
         binary: "hello".into(),
+        vars: Default::default(),
         steps: vec![],
         cache: None,
         artifact_ttl_secs: None,

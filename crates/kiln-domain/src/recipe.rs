@@ -26,6 +26,11 @@ pub struct Recipe {
     pub platforms: Vec<Platform>,
     /// The main binary's file name in `out/` (`.exe` is added on windows).
     pub binary: String,
+    /// Constants of the recipe that step templates see as `vars.NAME`
+    /// (e.g. the server core's module path or the Go proxy URL), so that
+    /// recipes differing only in such names can share their steps verbatim.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, String>,
     /// The steps, run in order, each in a fresh container.
     pub steps: Vec<Step>,
     /// A named Docker volume shared between builds of this recipe only.
@@ -153,6 +158,7 @@ mod tests {
             plugins: PluginRules::default(),
             platforms: vec!["linux/amd64".parse().unwrap()],
             binary: "hello".into(),
+            vars: Default::default(),
             steps: vec![],
             cache: None,
             artifact_ttl_secs: None,

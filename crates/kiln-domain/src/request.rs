@@ -252,6 +252,7 @@ mod tests {
             plugins: PluginRules { allow: vec!["example.com/*".into()], max: 4, ..Default::default() },
             platforms: vec!["linux/amd64".parse().unwrap(), "linux/arm/7".parse().unwrap()],
             binary: "hello".into(),
+            vars: Default::default(),
             steps: vec![],
             cache: None,
             artifact_ttl_secs: None,

@@ -2,13 +2,29 @@
 //!
 //! Every container gets: the attempt's temporary directory at `/work` as its
 //! only bind mount (plus the recipe's named cache volume, if any); network
-//! `none` unless the step asks for it; all capabilities dropped;
+//! `none` unless the step asks for it, and then the build network (below);
+//! all capabilities dropped;
 //! `no-new-privileges`; a read-only root filesystem with a tmpfs `/tmp`; a
 //! non-root user; memory (without swap), CPU and pid limits; and labels
 //! (`kiln.build`, `kiln.worker`) by which orphans are found. The step's
 //! output is forwarded as it arrives; a wall-clock timeout or a cancellation
 //! kills the container. The container is removed afterwards in every case,
 //! even when the future running it is dropped.
+//!
+//! The build network (`worker.build_network`) is an internal Docker bridge
+//! whose bridge has no IPv4 address (`com.docker.network.bridge.inhibit_ipv4`):
+//! nothing leaves it (Docker's isolation rules drop what would be forwarded
+//! off the bridge), and the worker host has no address on it, so a step
+//! cannot reach the host's listeners through a gateway. Docker still gives
+//! every container on it a default route to the (unowned) gateway address,
+//! so a networked step does not join it directly: a *network sandbox*
+//! container from `worker.network_helper_image` joins it and sleeps; a
+//! one-off container with `CAP_NET_ADMIN` only, sharing the sandbox's
+//! network namespace, deletes every default route; then the step runs in
+//! that namespace (`container:<sandbox>`), with one interface on the build
+//! network, a route to its subnet and nothing else, IPv6 off. What a step
+//! may reach is what the operator puts on that network, such as a Go module
+//! proxy or an allow-listing egress proxy.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,14 +32,15 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::container::LogOutput;
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountTypeEnum};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountTypeEnum, NetworkCreateRequest};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, InspectContainerOptions, KillContainerOptions,
-    ListContainersOptions, RemoveContainerOptions, StartContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, InspectContainerOptions, InspectNetworkOptions,
+    KillContainerOptions, ListContainersOptions, ListNetworksOptions, RemoveContainerOptions, StartContainerOptions,
+    WaitContainerOptions,
 };
 use bytes::Bytes;
 use futures::StreamExt;
-use kiln_config::ContainerLimits;
+use kiln_config::{ContainerLimits, WorkerConfig};
 use kiln_domain::recipe::CacheVolume;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +51,13 @@ pub(crate) const LABEL_BUILD: &str = "kiln.build";
 pub(crate) const LABEL_WORKER: &str = "kiln.worker";
 /// Label carrying the step name.
 pub(crate) const LABEL_STEP: &str = "kiln.step";
+/// Label on a build network the worker created.
+pub const LABEL_NETWORK: &str = "kiln.network";
+
+/// The driver options that make a build network: no IPv4 address for the
+/// host on the bridge, no masquerading. Together with `internal: true`.
+pub const BUILD_NETWORK_OPTIONS: [(&str, &str); 2] =
+    [("com.docker.network.bridge.inhibit_ipv4", "true"), ("com.docker.network.bridge.enable_ip_masquerade", "false")];
 
 /// The Docker daemon failed us: an infrastructure problem, worth a retry.
 #[derive(Debug, thiserror::Error)]
@@ -57,13 +81,29 @@ pub(crate) struct ImageInfo {
     pub repo_digests: Vec<String>,
 }
 
+/// Where a step with `network: true` is connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildNetwork {
+    /// The Docker network (`worker.build_network`).
+    pub name: String,
+    /// The image of the network sandbox (`worker.network_helper_image`).
+    pub helper_image: String,
+}
+
+impl BuildNetwork {
+    pub fn from_config(worker: &WorkerConfig) -> Self {
+        BuildNetwork { name: worker.build_network.clone(), helper_image: worker.network_helper_image.clone() }
+    }
+}
+
 /// Everything one container needs.
 #[derive(Debug, Clone)]
 pub struct ContainerSpec {
     pub image: String,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
-    pub network: bool,
+    /// The build network for a networked step; `None` is network `none`.
+    pub network: Option<BuildNetwork>,
     pub timeout: Duration,
     /// Host directory mounted at `/work`.
     pub work_dir: PathBuf,
@@ -181,11 +221,138 @@ impl Engine {
         output: &mpsc::Sender<Bytes>,
         cancel: &CancellationToken,
     ) -> Result<StepRun, DockerError> {
-        let created = self.docker.create_container(None::<CreateContainerOptions>, container_body(spec)).await?;
+        // The sandbox outlives the step's container: declared first, dropped last.
+        let sandbox = match &spec.network {
+            Some(net) => {
+                self.ensure_build_network(net, true).await?;
+                Some(self.network_sandbox(net, &spec.labels).await?)
+            }
+            None => None,
+        };
+        let mode = match &sandbox {
+            Some(s) => format!("container:{}", s.id.as_deref().unwrap_or_default()),
+            None => "none".to_owned(),
+        };
+        let created = self.docker.create_container(None::<CreateContainerOptions>, container_body(spec, &mode)).await?;
         let guard = ContainerGuard { docker: self.docker.clone(), id: Some(created.id.clone()) };
         let result = self.run_created(&created.id, spec, output, cancel).await;
         guard.remove().await;
+        if let Some(sandbox) = sandbox {
+            sandbox.remove().await;
+        }
         result
+    }
+
+    /// Check that the build network is isolated, and (with `create`) create
+    /// it when missing and make sure the helper image is present (pulling
+    /// it when missing). An existing network that is not internal, gives
+    /// the host an address on it, or has IPv6 is refused.
+    pub async fn ensure_build_network(&self, net: &BuildNetwork, create: bool) -> Result<(), DockerError> {
+        if create {
+            self.ensure_image(&net.helper_image, true).await?;
+        }
+        match self.docker.inspect_network(&net.name, None::<InspectNetworkOptions>).await {
+            Ok(found) => return check_isolated(&net.name, &found),
+            Err(e) if !is_not_found(&e) => return Err(e.into()),
+            Err(_) if !create => return Ok(()),
+            Err(_) => {}
+        }
+        let request = NetworkCreateRequest {
+            name: net.name.clone(),
+            driver: Some("bridge".into()),
+            internal: Some(true),
+            enable_ipv6: Some(false),
+            options: Some(BUILD_NETWORK_OPTIONS.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+            labels: Some(HashMap::from([(LABEL_NETWORK.to_owned(), "build".to_owned())])),
+            ..Default::default()
+        };
+        let created = self.docker.create_network(request).await?;
+        tracing::info!(network = %net.name, "created the build network");
+        // Docker (API 1.41) may accept a second network of the same name from
+        // a worker starting at the same time: every racer keeps the oldest.
+        let filters = HashMap::from([("name".to_owned(), vec![net.name.clone()])]);
+        let mut same: Vec<_> = self
+            .docker
+            .list_networks(Some(ListNetworksOptions { filters: Some(filters) }))
+            .await?
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(net.name.as_str()))
+            .collect();
+        same.sort_by_key(|n| (n.created.as_ref().map(ToString::to_string), n.id.clone()));
+        if same.len() > 1 && same[0].id.as_deref() != Some(created.id.as_str()) {
+            self.docker.remove_network(&created.id).await?;
+        }
+        let found = self.docker.inspect_network(&net.name, None::<InspectNetworkOptions>).await?;
+        check_isolated(&net.name, &found)
+    }
+
+    /// Start a network sandbox on the build network with no default route.
+    async fn network_sandbox(
+        &self,
+        net: &BuildNetwork,
+        labels: &HashMap<String, String>,
+    ) -> Result<ContainerGuard, DockerError> {
+        let mut labels = labels.clone();
+        labels.insert(LABEL_STEP.to_owned(), "network-sandbox".to_owned());
+        let locked = |network_mode: String| HostConfig {
+            network_mode: Some(network_mode),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            readonly_rootfs: Some(true),
+            memory: Some(32 * 1024 * 1024),
+            memory_swap: Some(32 * 1024 * 1024),
+            pids_limit: Some(8),
+            ..Default::default()
+        };
+        let holder = ContainerCreateBody {
+            image: Some(net.helper_image.clone()),
+            cmd: Some(vec!["sleep".into(), "2147483647".into()]),
+            entrypoint: Some(Vec::new()),
+            user: Some("65534:65534".into()),
+            labels: Some(labels.clone()),
+            host_config: Some(HostConfig {
+                sysctls: Some(HashMap::from([
+                    ("net.ipv6.conf.all.disable_ipv6".to_owned(), "1".to_owned()),
+                    ("net.ipv6.conf.default.disable_ipv6".to_owned(), "1".to_owned()),
+                ])),
+                ..locked(net.name.clone())
+            }),
+            ..Default::default()
+        };
+        let created = self.docker.create_container(None::<CreateContainerOptions>, holder).await?;
+        let sandbox = ContainerGuard { docker: self.docker.clone(), id: Some(created.id.clone()) };
+        self.docker.start_container(&created.id, None::<StartContainerOptions>).await?;
+
+        // Root with CAP_NET_ADMIN alone, in the sandbox's namespace, for one command.
+        let script = "while ip route del default 2>/dev/null; do :; done; ! ip route show | grep -q default";
+        labels.insert(LABEL_STEP.to_owned(), "network-routes".to_owned());
+        let routes = ContainerCreateBody {
+            image: Some(net.helper_image.clone()),
+            cmd: Some(vec!["sh".into(), "-c".into(), script.into()]),
+            entrypoint: Some(Vec::new()),
+            user: Some("0:0".into()),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                cap_add: Some(vec!["NET_ADMIN".into()]),
+                ..locked(format!("container:{}", created.id))
+            }),
+            ..Default::default()
+        };
+        let helper = self.docker.create_container(None::<CreateContainerOptions>, routes).await?;
+        let guard = ContainerGuard { docker: self.docker.clone(), id: Some(helper.id.clone()) };
+        let result = async {
+            self.docker.start_container(&helper.id, None::<StartContainerOptions>).await?;
+            self.wait(&helper.id).await
+        }
+        .await;
+        guard.remove().await;
+        match result? {
+            0 => Ok(sandbox),
+            code => Err(DockerError::Other(format!(
+                "could not remove the default route of a network sandbox on {} (exit code {code})",
+                net.name
+            ))),
+        }
     }
 
     async fn run_created(
@@ -339,6 +506,32 @@ async fn remove_quietly(docker: &Docker, id: &str) {
     }
 }
 
+/// An existing build network must be as isolated as one the worker makes.
+fn check_isolated(name: &str, n: &bollard::models::Network) -> Result<(), DockerError> {
+    let option = |k: &str| n.options.as_ref().and_then(|o| o.get(k)).map(String::as_str);
+    let mut wrong = Vec::new();
+    if n.driver.as_deref() != Some("bridge") {
+        wrong.push("its driver is not bridge");
+    }
+    if n.internal != Some(true) {
+        wrong.push("it is not internal");
+    }
+    if option(BUILD_NETWORK_OPTIONS[0].0) != Some("true") {
+        wrong.push("the host has an address on it (com.docker.network.bridge.inhibit_ipv4 is not true)");
+    }
+    if n.enable_ipv6 == Some(true) {
+        wrong.push("it has IPv6");
+    }
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(DockerError::Other(format!(
+        "build network {name} is not isolated: {}; remove it (the worker creates it) or name another in \
+         worker.build_network",
+        wrong.join(", ")
+    )))
+}
+
 fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
 }
@@ -348,7 +541,8 @@ fn image_info(name: &str, i: bollard::models::ImageInspect) -> ImageInfo {
 }
 
 /// The container definition: where the isolation is written down.
-fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
+/// `network_mode` is `none` or the step's network sandbox.
+fn container_body(spec: &ContainerSpec, network_mode: &str) -> ContainerCreateBody {
     let limits = &spec.limits;
     let memory = i64::try_from(limits.memory_mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
     let mut mounts = vec![Mount {
@@ -369,7 +563,7 @@ fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
     }
     let host = HostConfig {
         mounts: Some(mounts),
-        network_mode: Some(if spec.network { "bridge" } else { "none" }.into()),
+        network_mode: Some(network_mode.to_owned()),
         cap_drop: Some(vec!["ALL".into()]),
         security_opt: Some(vec!["no-new-privileges".into()]),
         readonly_rootfs: Some(true),
@@ -399,7 +593,7 @@ fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
         attach_stderr: Some(true),
         tty: Some(false),
         open_stdin: Some(false),
-        network_disabled: Some(!spec.network),
+        network_disabled: Some(spec.network.is_none()),
         host_config: Some(host),
         ..Default::default()
     }

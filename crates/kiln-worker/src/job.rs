@@ -31,7 +31,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::control::{JobControl, StopReason};
-use crate::docker::{ContainerSpec, Engine, ImageInfo, LABEL_BUILD, LABEL_STEP, LABEL_WORKER};
+use crate::docker::{BuildNetwork, ContainerSpec, Engine, ImageInfo, LABEL_BUILD, LABEL_STEP, LABEL_WORKER};
 use crate::failure::{self, Failure, io_failure};
 use crate::fence::{self, Renewal};
 use crate::log::{self, LogRecord, TailBuffer};
@@ -272,7 +272,7 @@ impl Attempt<'_> {
             image: recipe.image.clone(),
             argv: step.argv.clone(),
             env: step.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            network: step.network,
+            network: step.network.then(|| BuildNetwork::from_config(&ctx.config.worker)),
             timeout: step.timeout,
             work_dir: dir.root().to_path_buf(),
             cache: recipe.cache.clone(),

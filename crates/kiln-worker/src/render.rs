@@ -5,7 +5,8 @@
 //! `{{ plugins }}` or `{{ replacements }}` (whitespace inside the braces does
 //! not matter) expands to one argument per plugin (`module@version`) or per
 //! replacement (`module=with[@version]`), zero when there are none; every
-//! other element renders to exactly one argument. Nothing here goes through a
+//! other element renders to exactly one argument. The recipe's `vars` are
+//! `vars.NAME` (a misspelt name is an error, as for every variable). Nothing here goes through a
 //! shell: the result is handed to Docker as an argv list.
 
 use std::collections::BTreeMap;
@@ -53,6 +54,8 @@ pub(crate) struct Params {
     pub plugins: Vec<String>,
     /// `module=with[@version]`, sorted by module.
     pub replacements: Vec<String>,
+    /// The recipe's `vars`.
+    pub vars: BTreeMap<String, String>,
 }
 
 impl Params {
@@ -79,6 +82,7 @@ impl Params {
                     None => format!("{}={}", r.module, r.with),
                 })
                 .collect(),
+            vars: recipe.vars.clone(),
         }
     }
 
@@ -94,6 +98,7 @@ impl Params {
         m.insert("binary", Value::from(self.binary.as_str()));
         m.insert("plugins", Value::from(self.plugins.clone()));
         m.insert("replacements", Value::from(self.replacements.clone()));
+        m.insert("vars", Value::from(self.vars.clone()));
         Value::from(m)
     }
 }
@@ -273,6 +278,19 @@ mod tests {
         assert_eq!(step.env["GOARM"], "");
         assert_eq!(step.env["PLAIN"], "x");
         assert_eq!(step.timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn recipe_vars_are_seen_as_vars() {
+        let mut r = recipe(&["{{ vars.core }}/cmd"], &[("GOPROXY", "{{ vars.goproxy }}")]);
+        r.vars = [("core", "example.com/kilnd"), ("goproxy", "http://goproxy:8080")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        let step = render_steps("hello", &r, &spec("linux/amd64", &[])).unwrap().remove(0);
+        assert_eq!(step.argv, ["example.com/kilnd/cmd"]);
+        assert_eq!(step.env["GOPROXY"], "http://goproxy:8080");
+        let r = recipe(&["{{ vars.nope }}"], &[]);
+        assert_eq!(render_steps("hello", &r, &spec("linux/amd64", &[])).unwrap_err().part, "run[0]");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The worker loop: register, claim, run, stop cleanly.
 //!
 //! [`Worker::start`] connects to Postgres (refusing an unmigrated database),
-//! Docker and the object store, loads the signing key, removes orphan
-//! containers, and registers the worker. [`Worker::run`] then claims up to
+//! Docker and the object store, refuses a build network that exists but is
+//! not isolated (a missing one is made by the first networked step), loads the signing key,
+//! removes orphan containers, and registers the worker. [`Worker::run`] then claims up to
 //! `worker.concurrency` jobs, sleeping on `NOTIFY kiln_jobs` when idle (with
 //! a `worker.poll_secs` poll as the fallback), and keeps its row fresh.
 //!
@@ -27,7 +28,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::{JobControl, StopReason};
-use crate::docker::{DockerError, Engine, LABEL_BUILD, LABEL_WORKER};
+use crate::docker::{BuildNetwork, DockerError, Engine, LABEL_BUILD, LABEL_WORKER};
 use crate::job::{self, JobContext, JobEnd};
 use crate::preempt::{self, Detector};
 
@@ -86,6 +87,9 @@ impl Worker {
         )
         .await?;
         let engine = Engine::connect().await?;
+        // Refuse a build network that is not isolated now; a missing one is
+        // created by the first networked step.
+        engine.ensure_build_network(&BuildNetwork::from_config(&config.worker), false).await?;
         let storage = Storage::from_config(&config.storage)?;
         let signer = Arc::new(Signer::load(&config.signing.secret_key)?);
         std::fs::create_dir_all(&config.worker.work_dir)
