@@ -187,7 +187,20 @@ fn the_shipped_catalogues_are_real() {
     let text = std::fs::read_to_string(format!("{root}/config.test.yml")).unwrap();
     let c = parse(&text, &vars).unwrap();
     assert!(c.recipes["hello"].listed && c.recipes["hello"].catalogue.len() >= 2);
-    for test_only in ["fail", "sleep", "escape"] {
+    for test_only in ["fail", "sleep", "escape", "kilnd"] {
         assert!(!c.recipes[test_only].listed, "{test_only} is a test recipe, not listed");
     }
+}
+
+#[test]
+fn the_build_network_is_a_docker_name() {
+    let c = parse(BASE, &[("DATABASE_URL", "x")]).unwrap();
+    assert_eq!(c.worker.build_network, "kiln-build");
+    for bad in ["", "-x", "a b", "x/y", "bridge;rm"] {
+        let text = format!("{BASE}worker:\n  build_network: \"{bad}\"\n");
+        let err = parse(&text, &[("DATABASE_URL", "x")]).unwrap_err().to_string();
+        assert!(err.contains("worker.build_network") && err.contains("test.yml"), "{bad:?}: {err}");
+    }
+    let text = format!("{BASE}worker:\n  build_network: kiln-build.2_a\n");
+    assert_eq!(parse(&text, &[("DATABASE_URL", "x")]).unwrap().worker.build_network, "kiln-build.2_a");
 }

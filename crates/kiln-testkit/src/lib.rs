@@ -8,12 +8,15 @@
 //!   processes over `config.test.yml`, a fresh database and data directory.
 //! - [`browser::Browser`]: headless Chromium over WebDriver, with
 //!   screenshots under `target/page-screenshots/`.
+//! - [`goproxy::GoProxy`]: the project's own Go module proxy over
+//!   `testdata/go/`, on loopback and on a build network of its own.
 //! - [`docker_available`]: whether Docker tests can run; when it cannot, it
 //!   prints a loud `SKIPPED` line so a skipped test never passes silently.
 
 pub mod browser;
 mod db;
 pub mod farm;
+pub mod goproxy;
 pub mod rows;
 pub mod s3;
 

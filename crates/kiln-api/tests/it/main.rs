@@ -5,6 +5,7 @@
 mod catalogue;
 mod e2e;
 mod farm;
+mod go;
 mod inproc;
 mod page;
 mod proxy;

@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -231,4 +233,23 @@ pub async fn wait_exit(child: &mut Child) -> Result<std::process::ExitStatus> {
 pub fn sigterm(child: &Child) {
     let ok = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap().success();
     assert!(ok, "kill -TERM failed");
+}
+
+/// Accept connections on every interface and count them: IPv6 and IPv4
+/// (one dual-stack socket) where the host has IPv6, else IPv4.
+pub async fn host_listener() -> (u16, Arc<AtomicUsize>) {
+    let l = match tokio::net::TcpListener::bind("[::]:0").await {
+        Ok(l) => l,
+        Err(_) => tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap(),
+    };
+    let port = l.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            drop(sock);
+        }
+    });
+    (port, count)
 }

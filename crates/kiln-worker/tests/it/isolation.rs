@@ -1,29 +1,13 @@
 //! The `escape` recipe tries to break out of its container; nothing works.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use kiln_domain::BuildState;
 use kiln_worker::Exit;
 use kiln_worker::JobEnd;
 
-use crate::farm::{Farm, containers_of, entries};
-
-/// Accept connections on every interface and count them.
-async fn listener() -> (u16, Arc<AtomicUsize>) {
-    let l = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = l.accept().await {
-            c.fetch_add(1, Ordering::SeqCst);
-            drop(sock);
-        }
-    });
-    (port, count)
-}
+use crate::farm::{Farm, containers_of, entries, host_listener};
 
 fn parse_report(text: &str) -> BTreeMap<String, String> {
     text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
@@ -32,7 +16,7 @@ fn parse_report(text: &str) -> BTreeMap<String, String> {
 #[tokio::test]
 async fn a_step_cannot_break_out() {
     let Some(farm) = Farm::new("escape").await else { return };
-    let (port, connections) = listener().await;
+    let (port, connections) = host_listener().await;
     // A marker on the host beside the attempt directories: the likeliest leak.
     let token = format!("kiln-secret-{}-{port}", std::process::id());
     std::fs::create_dir_all(farm.work_dir()).unwrap();

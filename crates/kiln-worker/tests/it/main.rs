@@ -12,6 +12,7 @@
 mod build;
 mod farm;
 mod isolation;
+mod network;
 mod preemption;
 mod recipes;
 mod shutdown;

@@ -1,5 +1,7 @@
 //! The shipped recipes as the worker renders them: the real `caddy` recipe
-//! of `config.example.yml` follows xcaddy's flow.
+//! of `config.example.yml` follows xcaddy's flow, and `config.test.yml`'s
+//! `kilnd` recipe (which the Go tests build end to end) is that recipe step
+//! for step.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -22,6 +24,13 @@ fn example_config() -> Config {
         _ => None,
     };
     Config::parse(&text, "config.example.yml", &env).expect("config.example.yml loads")
+}
+
+fn test_config() -> Config {
+    let path = kiln_testkit::repo_root().join("config.test.yml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let env = |k: &str| (k == "DATABASE_URL").then(|| "postgres://kiln@localhost/kiln".to_owned());
+    Config::parse(&text, "config.test.yml", &env).expect("config.test.yml loads")
 }
 
 fn caddy_spec(config: &Config, platform: &str) -> BuildSpec {
@@ -62,22 +71,22 @@ fn caddy_follows_the_xcaddy_flow() {
     let plugins =
         ["github.com/caddy-dns/cloudflare@v0.2.1", "github.com/mholt/caddy-l4@v0.0.0-20240101000000-abcdef123456"];
 
-    assert_eq!(tail(&steps[0])[1..], plugins);
+    assert_eq!(tail(&steps[0])[1..], ["github.com/caddyserver/caddy/v2", plugins[0], plugins[1]]);
+    assert_eq!(tail(&steps[1]), ["go-mod-init", "caddy"]);
+    assert!(steps[1].argv[2].contains("go mod init \"$1\""));
     assert!(steps[2].argv[2].contains("go mod edit -replace"));
     assert_eq!(tail(&steps[2]), ["replacements", "github.com/libdns/libdns=github.com/example/libdns@v1.0.0"]);
 
     // go get: caddy at the version, then each plugin with caddy pinned beside it, bare, tidy; with network.
     let get = &steps[3];
     assert!(get.network);
-    assert_eq!(tail(get), ["go-get", "v2.8.4", plugins[0], plugins[1]]);
+    assert_eq!(tail(get), ["go-get", "github.com/caddyserver/caddy/v2", "v2.8.4", plugins[0], plugins[1]]);
+    assert_eq!(get.env["GOPROXY"], "https://proxy.golang.org,direct");
+    assert_eq!(get.env["GOSUMDB"], "sum.golang.org");
     let script = &get.argv[2];
-    for needle in [
-        "caddy=\"github.com/caddyserver/caddy/v2@$1\"",
-        "go get -v \"$caddy\"",
-        "go get -v \"$p\" \"$caddy\"",
-        "go get -v\n",
-        "go mod tidy -e",
-    ] {
+    for needle in
+        ["core=\"$1@$2\"", "go get -v \"$core\"", "go get -v \"$p\" \"$core\"", "go get -v\n", "go mod tidy -e"]
+    {
         assert!(script.contains(needle), "go get script lacks {needle:?}:\n{script}");
     }
 
@@ -118,7 +127,7 @@ async fn caddy_main_go_is_what_xcaddy_writes() {
         image: "kiln-test/busybox:latest".into(),
         argv: step.argv.clone(),
         env: step.env.clone().into_iter().collect(),
-        network: step.network,
+        network: None,
         timeout: step.timeout,
         work_dir: dir.path().to_path_buf(),
         cache: None,
@@ -139,4 +148,77 @@ async fn caddy_main_go_is_what_xcaddy_writes() {
          \t_ \"github.com/caddyserver/caddy/v2/modules/standard\"\n\t_ \"github.com/caddy-dns/cloudflare\"\n\
          \t_ \"github.com/mholt/caddy-l4\"\n)\n\nfunc main() {\n\tcaddycmd.Main()\n}\n"
     );
+}
+
+/// `kilnd` is `caddy` with other names: everything but the image, the
+/// module names (core, main module, plugin patterns, binary, cache volume)
+/// and the Go proxy is the same, and the rendered steps differ only by
+/// those names.
+#[test]
+fn kilnd_is_the_caddy_recipe_step_for_step() {
+    let (example, test) = (example_config(), test_config());
+    let caddy = &example.recipes["caddy"];
+    let kilnd = &test.recipes["kilnd"];
+    assert_eq!(kilnd.steps, caddy.steps, "the steps must be the same, word for word");
+
+    // Replace what may differ by caddy's values: nothing else may remain.
+    let mut same = kilnd.clone();
+    same.image = caddy.image.clone();
+    same.pull = caddy.pull;
+    same.versions = caddy.versions.clone();
+    same.plugins.allow = caddy.plugins.allow.clone();
+    same.binary = caddy.binary.clone();
+    // A test recipe stays off /api/recipes and the download page, with no
+    // catalogue of well-known plugins (module names) to offer there.
+    assert!(!kilnd.listed);
+    same.listed = caddy.listed;
+    same.catalogue = caddy.catalogue.clone();
+    same.cache.as_mut().unwrap().name = caddy.cache.as_ref().unwrap().name.clone();
+    let allowed = ["core", "main", "goproxy", "gosumdb"];
+    assert_eq!(kilnd.vars.keys().collect::<Vec<_>>(), caddy.vars.keys().collect::<Vec<_>>());
+    assert!(caddy.vars.keys().all(|k| allowed.contains(&k.as_str())), "{:?}", caddy.vars);
+    same.vars = caddy.vars.clone();
+    // The image a linux build becomes is described for Caddy only: kilnd
+    // has no `caddy run` to start. It is not part of how either is built.
+    assert_eq!(kilnd.oci, None);
+    same.oci = caddy.oci.clone();
+    assert_eq!(&same, caddy);
+    assert_eq!(kilnd.cache.as_ref().unwrap().path, "/go/pkg/mod");
+
+    // Rendered for the same build (but kilnd's plugins), the steps differ
+    // only where one of those names was filled in.
+    let m = |p: &str| ModulePath::parse("m", p).unwrap();
+    for platform in ["linux/amd64", "linux/arm/7", "windows/amd64", "darwin/arm64"] {
+        let caddy_build = caddy_spec(&example, platform);
+        let mut kilnd_build = caddy_build.clone();
+        kilnd_build.recipe = "kilnd".into();
+        kilnd_build.recipe_revision = kilnd.revision();
+        // caddy-l4 and cloudflare become greet and echo: the same order once sorted.
+        kilnd_build.plugins[0].module = m("example.com/plugins/greet");
+        kilnd_build.plugins[1].module = m("example.com/plugins/echo");
+        let mut allowed: Vec<(String, String)> =
+            kilnd.vars.iter().map(|(k, v)| (v.clone(), caddy.vars[k].clone())).collect();
+        let file = |r: &kiln_domain::Recipe, b: &BuildSpec| r.binary_file(&b.platform);
+        allowed.push((file(kilnd, &kilnd_build), file(caddy, &caddy_build)));
+        for (k, c) in kilnd_build.plugins.iter().zip(&caddy_build.plugins) {
+            allowed.push((k.to_string(), c.to_string()));
+        }
+        let same_or_renamed = |what: &str, k: &str, c: &str| {
+            assert!(k == c || allowed.iter().any(|(a, b)| a == k && b == c), "{platform} {what}: {k:?} vs {c:?}");
+        };
+        let kilnd_steps = render_steps("kilnd", kilnd, &kilnd_build).unwrap();
+        let caddy_steps = render_steps("caddy", caddy, &caddy_build).unwrap();
+        assert_eq!(kilnd_steps.len(), caddy_steps.len());
+        for (k, c) in kilnd_steps.iter().zip(&caddy_steps) {
+            assert_eq!((&k.name, k.network, k.timeout), (&c.name, c.network, c.timeout));
+            assert_eq!(k.argv.len(), c.argv.len(), "{}", k.name);
+            for (i, (ka, ca)) in k.argv.iter().zip(&c.argv).enumerate() {
+                same_or_renamed(&format!("{} run[{i}]", k.name), ka, ca);
+            }
+            assert_eq!(k.env.keys().collect::<Vec<_>>(), c.env.keys().collect::<Vec<_>>(), "{}", k.name);
+            for (name, kv) in &k.env {
+                same_or_renamed(&format!("{} env.{name}", k.name), kv, &c.env[name]);
+            }
+        }
+    }
 }

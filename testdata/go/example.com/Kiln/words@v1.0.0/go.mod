@@ -1,0 +1,3 @@
+module example.com/Kiln/words
+
+go 1.19

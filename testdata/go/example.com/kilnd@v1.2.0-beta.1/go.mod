@@ -1,0 +1,3 @@
+module example.com/kilnd
+
+go 1.19

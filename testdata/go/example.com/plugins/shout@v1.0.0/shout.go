@@ -1,0 +1,13 @@
+// Package shout is a kilnd plugin used by Kiln's tests.
+package shout
+
+import (
+	"example.com/kilnd"
+)
+
+type module struct{}
+
+func (module) ID() string       { return "shout" }
+func (module) Describe() string { return "SHOUTS (shout v1.0.0)" }
+
+func init() { kilnd.RegisterModule(module{}) }
