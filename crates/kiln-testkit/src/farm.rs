@@ -96,17 +96,9 @@ impl Farm {
     /// [`Farm::spawn`] with extra variables for this process only.
     pub fn spawn_with(&self, name: &str, label: &str, args: &[&str], extra: &[(&str, &str)]) -> Proc {
         let log_path = self.data.path().join(format!("{label}.log"));
-        let log = File::create(&log_path).expect("log file");
-        let child = Command::new(bin(name))
-            .args(args)
-            .envs(&self.env)
-            .envs(extra.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Proc { child, label: label.to_owned(), log: log_path }
+        let mut cmd = Command::new(bin(name));
+        cmd.args(args).envs(&self.env).envs(extra.iter().copied());
+        Proc::spawn(cmd, label, &log_path)
     }
 
     /// Run `kiln-janitor migrate` to completion (idempotent).
@@ -150,6 +142,18 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Start `cmd` with its output (stdout and stderr) in `log`.
+    pub fn spawn(mut cmd: Command, label: &str, log: &Path) -> Proc {
+        let file = File::create(log).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {label}: {e}"));
+        Proc { child, label: label.to_owned(), log: log.to_owned() }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -176,6 +180,11 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Its exit status, when it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// SIGKILL and reap.

@@ -10,6 +10,9 @@
 //!   screenshots under `target/page-screenshots/`.
 //! - [`goproxy::GoProxy`]: the project's own Go module proxy over
 //!   `testdata/go/`, on loopback and on a build network of its own.
+//! - [`hosts::HostFarm`]: the same processes on hosts of their own (network
+//!   namespaces, [`netns`]), with Postgres, s3s-fs and nginx on theirs; a
+//!   host's link can be cut and restored.
 //! - [`docker_available`]: whether Docker tests can run; when it cannot, it
 //!   prints a loud `SKIPPED` line so a skipped test never passes silently.
 
@@ -17,6 +20,8 @@ pub mod browser;
 mod db;
 pub mod farm;
 pub mod goproxy;
+pub mod hosts;
+pub mod netns;
 pub mod rows;
 pub mod s3;
 
