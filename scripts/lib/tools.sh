@@ -33,3 +33,12 @@ ensure_chromium() {
     KILN_TEST_CHROMEDRIVER=$(command -v chromedriver)
     export KILN_TEST_CHROMIUM KILN_TEST_CHROMEDRIVER
 }
+
+# nginx: the pull-through cache in front of the APIs in the multi-host tests
+# (deploy/nginx/), and the baseline of scripts/bench-api.
+ensure_nginx() {
+    if ! [ -x /usr/sbin/nginx ] && ! command -v nginx >/dev/null 2>&1; then
+        echo "installing nginx" >&2
+        _kiln_apt_install --no-install-recommends nginx || return 1
+    fi
+}

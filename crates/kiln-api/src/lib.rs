@@ -30,6 +30,7 @@ mod serve;
 mod state;
 mod views;
 mod wait;
+mod zerocopy;
 
 use std::future::{Future, IntoFuture};
 use std::time::Duration;

@@ -453,6 +453,11 @@ impl HostFarm {
         self.net.restore(host).expect("link up");
     }
 
+    /// The network's number: hosts are `10.213.<n>.X`, namespaces `kiln<n>-<host>`.
+    pub fn network(&self) -> u8 {
+        self.net.number()
+    }
+
     /// The address of a host.
     pub fn addr(&self, host: &str) -> Ipv4Addr {
         self.net.host(host).addr
