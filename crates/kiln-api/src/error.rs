@@ -60,6 +60,13 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 
+    /// The server is shutting down: try again (another instance may answer).
+    pub fn shutting_down() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "this server is shutting down; try again")
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            .with_header(header::CONNECTION, HeaderValue::from_static("close"))
+    }
+
     pub fn unknown_build(key: &BuildKey) -> Self {
         Self::not_found("unknown_build", format!("there is no build {key}")).with_key(key)
     }

@@ -14,7 +14,9 @@
 //! - `page`: the download page at `/` (server-rendered, a little JS);
 //! - `resolve`: "latest" to absolute versions (static lists, Go module proxy);
 //! - `wait`: waiting on Postgres `NOTIFY` for a build to change;
-//! - `serve`: objects from storage with `Range`, `ETag`, presigned `303`s;
+//! - `serve`: objects from storage with `Range`, `ETag`, presigned `303`s,
+//!   large local ones with `sendfile` (`zerocopy`);
+//! - `resolved`: compat query strings already resolved, until they expire;
 //! - `query`: raw query strings (repeated keys, non-UTF-8 refused);
 //! - `error`: the one error type and its Caddy-compatible JSON;
 //! - `state`, `middleware`, `metrics`, `views`.
@@ -25,6 +27,7 @@ mod middleware;
 mod page;
 mod query;
 mod resolve;
+mod resolved;
 mod routes;
 mod serve;
 mod state;
@@ -38,7 +41,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use kiln_config::Config;
 use kiln_queue::{Queue, QueueError, QueueSettings};
 use kiln_storage::{Storage, StorageError};
@@ -115,25 +117,24 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
 }
 
 /// Serve [`app`] on `listener` until `shutdown` resolves; then stop
-/// accepting, and give open requests [`SHUTDOWN_GRACE`] to finish.
+/// accepting, answer waiting requests `503 shutting_down` at once, and give
+/// open requests [`SHUTDOWN_GRACE`] to finish.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (tx, rx) = tokio::sync::watch::channel(false);
+    let waiters = state.clone();
     let signal = async move {
         shutdown.await;
-        tracing::info!("shutting down: no new connections");
+        tracing::info!("shutting down: no new connections; waiting requests are answered 503");
+        waiters.stop_waiting();
         let _ = tx.send(true);
     };
-    // Small answers go out at once instead of waiting on delayed ACKs (Nagle).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(signal).into_future();
+    let listener = zerocopy::Listener::new(listener);
+    let service = app(state).into_make_service_with_connect_info::<zerocopy::Conn>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(signal).into_future();
     tokio::pin!(server);
     let mut rx = rx;
     tokio::select! {

@@ -3,6 +3,7 @@
 //! - `kiln_http_requests_total{route, method, status}`: every answered request;
 //! - `kiln_builds{state}` and `kiln_queue_depth`: read from the database at scrape time;
 //! - `kiln_wait_seconds{kind}`: how long compat requests and long-polls waited;
+//! - `kiln_waiting{kind}`: compat requests and long-polls waiting right now;
 //! - `kiln_build_duration_seconds{recipe, state}`: start to end of builds
 //!   that ended while this API process was up (seen through `NOTIFY`);
 //! - `kiln_janitor_changes{task, janitor, what}`, `kiln_janitor_runs{…}`,
@@ -29,6 +30,7 @@ pub struct Metrics {
     builds: Family<Labels, Gauge<i64, AtomicI64>>,
     queue_depth: Gauge<i64, AtomicI64>,
     waits: Histograms,
+    waiting: Family<Labels, Gauge<i64, AtomicI64>>,
     durations: Histograms,
     janitor_changes: Family<Labels, Gauge<i64, AtomicI64>>,
     janitor_runs: Family<Labels, Gauge<i64, AtomicI64>>,
@@ -59,6 +61,8 @@ impl Metrics {
         registry.register("kiln_queue_depth", "Builds waiting to be claimed", queue_depth.clone());
         let waits: Histograms = Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.01, 2.5, 14)));
         registry.register("kiln_wait_seconds", "Time requests spent waiting for a build", waits.clone());
+        let waiting = Family::<Labels, Gauge<i64, AtomicI64>>::default();
+        registry.register("kiln_waiting", "Requests waiting for a build now", waiting.clone());
         let durations: Histograms = Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.5, 2.0, 14)));
         registry.register("kiln_build_duration_seconds", "Build durations, start to end", durations.clone());
         let gauges = |registry: &mut Registry, name: &str, help: &str| {
@@ -81,6 +85,7 @@ impl Metrics {
             builds,
             queue_depth,
             waits,
+            waiting,
             durations,
             janitor_changes,
             janitor_runs,
@@ -97,6 +102,13 @@ impl Metrics {
                 ("status", status.to_string()),
             ])
             .inc();
+    }
+
+    /// Count a request of `kind` as waiting until the guard is dropped.
+    pub fn waiting(&self, kind: &'static str) -> Waiting {
+        let gauge = self.waiting.get_or_create(&vec![("kind", kind.to_owned())]).clone();
+        gauge.inc();
+        Waiting(gauge)
     }
 
     pub fn waited(&self, kind: &'static str, secs: f64) {
@@ -140,5 +152,15 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// A waiting request, counted in `kiln_waiting` while it lives.
+#[derive(Debug)]
+pub struct Waiting(Gauge<i64, AtomicI64>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -76,9 +76,18 @@ impl Resolver {
 
     /// Resolve every version of `req` and make the build spec.
     pub async fn spec(&self, recipe: &Recipe, req: &ValidatedRequest) -> Result<BuildSpec, ApiError> {
+        Ok(self.spec_until(recipe, req).await?.0)
+    }
+
+    /// [`spec`](Self::spec), and until when its resolution holds: the
+    /// earliest expiry of the proxy listings it used, and never later than
+    /// `api.version_cache_secs` from now (static lists come from the
+    /// configuration, which does not change while the process runs).
+    pub async fn spec_until(&self, recipe: &Recipe, req: &ValidatedRequest) -> Result<(BuildSpec, Instant), ApiError> {
+        let mut until = Instant::now() + self.ttl;
         let version = match &recipe.versions {
             VersionSource::Static { versions } => version::choose("version", versions, &req.version)?,
-            VersionSource::GoProxy { module } => self.choose_proxy("version", module, &req.version).await?,
+            VersionSource::GoProxy { module } => self.choose_proxy("version", module, &req.version, &mut until).await?,
         };
         let mut plugins = Vec::with_capacity(req.plugins.len());
         for (i, (module, wanted)) in req.plugins.iter().enumerate() {
@@ -86,7 +95,7 @@ impl Resolver {
             let version = if let Some(list) = recipe.plugins.versions.get(module.as_str()) {
                 version::choose(&field, list, wanted)?
             } else if recipe.plugins.go_proxy {
-                self.choose_proxy(&field, module, wanted).await?
+                self.choose_proxy(&field, module, wanted, &mut until).await?
             } else {
                 let known: Vec<&str> = recipe.plugins.versions.keys().map(String::as_str).collect();
                 return Err(ApiError::bad_request(
@@ -101,14 +110,15 @@ impl Resolver {
             };
             plugins.push(PluginSpec { module: module.clone(), version });
         }
-        Ok(BuildSpec {
+        let spec = BuildSpec {
             recipe: req.recipe.clone(),
             recipe_revision: recipe.revision(),
             version,
             platform: req.platform.clone(),
             plugins,
             replacements: req.replacements.clone(),
-        })
+        };
+        Ok((spec, until))
     }
 
     async fn choose_proxy(
@@ -116,9 +126,12 @@ impl Resolver {
         field: &str,
         module: &ModulePath,
         wanted: &VersionWanted,
+        until: &mut Instant,
     ) -> Result<Version, ApiError> {
         let proxy_err = |e: ProxyError| proxy_error(field, e);
-        let listed = self.versions(module).await.map_err(proxy_err)?;
+        let (listed, expires) = self.listing(module).await;
+        *until = (*until).min(expires);
+        let listed = listed.map_err(proxy_err)?;
         match wanted {
             // The list may omit versions (retracted or untagged ones); ask for the exact one.
             VersionWanted::Exact(v) if !listed.contains(v) => {
@@ -160,6 +173,11 @@ impl Resolver {
 
     /// The versions the proxy lists for `module`, cached.
     pub async fn versions(&self, module: &ModulePath) -> Listing {
+        self.listing(module).await.0
+    }
+
+    /// [`versions`](Self::versions), and when that listing expires.
+    async fn listing(&self, module: &ModulePath) -> (Listing, Instant) {
         let entry = {
             let mut cache = self.cache.lock().expect("cache lock");
             let now = Instant::now();
@@ -180,7 +198,9 @@ impl Resolver {
                 }
             }
         };
-        entry.cell.get_or_init(|| self.fetch_versions(module)).await.clone()
+        let listing = entry.cell.get_or_init(|| self.fetch_versions(module)).await.clone();
+        let life = if listing.is_ok() { self.ttl } else { FAILURE_CACHE.min(self.ttl) };
+        (listing, entry.made + life)
     }
 
     async fn fetch_versions(&self, module: &ModulePath) -> Listing {

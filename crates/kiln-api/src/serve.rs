@@ -7,6 +7,9 @@
 //! honoured; several ranges in one request are answered with the whole
 //! object, as RFC 9110 allows. With S3 storage and `storage.s3.presign`,
 //! large objects are answered with a `303` to a presigned URL instead.
+//! Small objects come from memory (kept with the hot build, `state.rs`);
+//! large ones on local storage are sent with `sendfile` over HTTP/1
+//! ([`crate::zerocopy`]), others are streamed from the store.
 
 use std::time::Duration;
 
@@ -21,6 +24,7 @@ use kiln_storage::{ByteRange, ObjectInfo, ObjectKey, ObjectName, StorageError};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::zerocopy::Wire;
 
 pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 pub const BUILD_KEY_HEADER: &str = "x-kiln-build-key";
@@ -28,12 +32,25 @@ pub const BUILD_KEY_HEADER: &str = "x-kiln-build-key";
 /// Extra things an answer carries.
 #[derive(Debug, Default)]
 pub struct Extra {
-    /// `Content-Disposition: attachment; filename=…`.
-    pub filename: Option<String>,
+    /// `Content-Disposition` ([`disposition`]).
+    pub disposition: Option<HeaderValue>,
     /// A `Location` header (the compat `HEAD` names the binary's URL).
-    pub location: Option<String>,
+    pub location: Option<HeaderValue>,
+    /// Replaces the objects' `immutable` caching (compat answers can change).
+    pub cache_control: Option<HeaderValue>,
     /// May answer `303` to a presigned URL.
     pub presign: bool,
+    /// The connection, for a large local object sent with `sendfile`.
+    pub wire: Wire,
+}
+
+/// `attachment; filename=<name>`, the name reduced to safe characters.
+pub fn disposition(filename: &str) -> HeaderValue {
+    let safe: String = filename
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .collect();
+    HeaderValue::from_str(&format!("attachment; filename={safe}")).expect("ASCII by construction")
 }
 
 /// Answer a request for object `name` of the succeeded build `build`.
@@ -49,18 +66,14 @@ pub async fn object(
     let facts = state.object_facts(build, name).await.map_err(|e| gone(e, build, name))?;
     let etag = &facts.etag;
     let mut resp_headers = facts.headers.clone();
-    if let Some(f) = &extra.filename {
-        let safe: String = f
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
-            .collect();
-        let v = format!("attachment; filename={safe}");
-        resp_headers.insert(header::CONTENT_DISPOSITION, HeaderValue::from_str(&v).expect("ASCII by construction"));
+    if let Some(v) = extra.disposition {
+        resp_headers.insert(header::CONTENT_DISPOSITION, v);
     }
-    if let Some(l) = &extra.location
-        && let Ok(v) = HeaderValue::from_str(l)
-    {
+    if let Some(v) = extra.location {
         resp_headers.insert(header::LOCATION, v);
+    }
+    if let Some(v) = extra.cache_control {
+        resp_headers.insert(header::CACHE_CONTROL, v);
     }
 
     if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
@@ -105,6 +118,20 @@ pub async fn object(
     if let Some(bytes) = &facts.small {
         let part = bytes.slice(range.start as usize..range.end as usize);
         return Ok((status, resp_headers, part).into_response());
+    }
+    let object = ObjectKey::new(key, name);
+    if let (Some(conn), Some(path)) = (extra.wire.conn(), state.storage().local_path(&object)) {
+        match std::fs::File::open(&path) {
+            Ok(file) => {
+                let body = conn.file_body(file, range.start, range.end - range.start);
+                return Ok((status, resp_headers, body).into_response());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                state.forget(key);
+                return Err(gone(ApiError::not_found("not_found", "gone"), build, name));
+            }
+            Err(e) => tracing::warn!(build = %key, error = %e, "cannot open a stored object; streaming it"),
+        }
     }
     let partial = status == StatusCode::PARTIAL_CONTENT;
     let stream = state

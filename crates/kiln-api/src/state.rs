@@ -11,6 +11,14 @@
 //! A recipe's figures for the download page (plugin build counts, typical
 //! build time) are kept for [`STATS_TTL`], so page views cost at most two
 //! queries per recipe in that time.
+//!
+//! Past [`HOT_TTL`] an entry is no longer trusted for serving, but it is
+//! kept (up to [`HOT_MAX`] builds) as what this API last *knew*: when the
+//! database does not answer within [`DB_LIMIT`], a build once seen
+//! succeeded is still served from the store. That is correct because a
+//! succeeded build can only expire, and the janitor removes its objects
+//! before its row: an expired build's objects are gone and it answers 404.
+//! Builds never seen answer 503 while the database is away.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -28,13 +36,20 @@ use tokio::sync::broadcast;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
 use crate::resolve::Resolver;
+use crate::resolved::Resolutions;
 
 /// How long a succeeded build's row and object facts are reused.
 pub const HOT_TTL: Duration = Duration::from_secs(10);
 /// How long a recipe's figures for the download page are reused.
 pub const STATS_TTL: Duration = Duration::from_secs(10);
-/// The most builds kept hot.
+/// The most builds kept (hot, or known for a database outage).
 const HOT_MAX: usize = 4096;
+/// How long a lookup waits for the database before it counts as away.
+pub const DB_LIMIT: Duration = Duration::from_secs(3);
+/// After the database was found away, lookups answer without waiting on it this long.
+const AWAY_RETRY: Duration = Duration::from_secs(2);
+/// How long readiness waits for the database and the store.
+const READY_LIMIT: Duration = Duration::from_secs(2);
 /// Objects up to this size are kept in memory with their hot build.
 pub const SMALL_OBJECT: u64 = 64 * 1024;
 /// The most bytes of small objects kept in memory (HOT_MAX builds would
@@ -57,6 +72,12 @@ struct Inner {
     hot_bytes: std::sync::atomic::AtomicUsize,
     /// Recipe figures for the page, by recipe, with when they were read.
     stats: Mutex<HashMap<String, (Instant, Arc<RecipeStats>)>>,
+    resolutions: Resolutions,
+    /// After a lookup found the database away, until when the next ones
+    /// do not wait for it again.
+    away_until: Mutex<Option<Instant>>,
+    /// Set when the server shuts down: waiters answer at once.
+    stopping: tokio::sync::watch::Sender<bool>,
     watcher: tokio::task::JoinHandle<()>,
 }
 
@@ -116,6 +137,9 @@ impl AppState {
                 hot: Mutex::new(HashMap::new()),
                 hot_bytes: Default::default(),
                 stats: Mutex::new(HashMap::new()),
+                resolutions: Resolutions::default(),
+                away_until: Mutex::new(None),
+                stopping: tokio::sync::watch::Sender::new(false),
                 watcher,
             }
         })
@@ -136,6 +160,22 @@ impl AppState {
 
     pub fn resolver(&self) -> &Resolver {
         &self.0.resolver
+    }
+
+    /// Compat requests already resolved.
+    pub fn resolutions(&self) -> &Resolutions {
+        &self.0.resolutions
+    }
+
+    /// The server is shutting down: every waiter stops waiting.
+    pub fn stop_waiting(&self) {
+        self.0.stopping.send_replace(true);
+    }
+
+    /// Resolves once the server is shutting down.
+    pub async fn stopping(&self) {
+        let mut rx = self.0.stopping.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -176,19 +216,46 @@ impl AppState {
     }
 
     /// Like [`build`](Self::build), `None` for an unknown key.
+    /// When the database is away (no answer within [`DB_LIMIT`]), a build
+    /// this API once saw succeed, else `503 database_unavailable`.
     pub async fn lookup(&self, key: &BuildKey) -> ApiResult<Option<Arc<Build>>> {
-        if let Some(b) = self.hot_build(key) {
-            return Ok(Some(b));
+        let known = {
+            let hot = self.0.hot.lock().expect("hot lock");
+            match hot.get(key) {
+                Some(h) if h.at.elapsed() < HOT_TTL => return Ok(Some(h.build.clone())),
+                Some(h) => Some(h.build.clone()),
+                None => None,
+            }
+        };
+        let recently_away = self.0.away_until.lock().expect("away lock").is_some_and(|t| t > Instant::now());
+        let away = if recently_away {
+            database_away()
+        } else {
+            match tokio::time::timeout(DB_LIMIT, self.0.queue.get(key)).await {
+                Ok(Ok(Some(build))) => {
+                    let build = Arc::new(build);
+                    self.remember(build.clone());
+                    return Ok(Some(build));
+                }
+                Ok(Ok(None)) => {
+                    self.forget(key);
+                    return Ok(None);
+                }
+                Ok(Err(e)) if e.is_unavailable() => ApiError::from(e),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => database_away(),
+            }
+        };
+        if !recently_away {
+            *self.0.away_until.lock().expect("away lock") = Some(Instant::now() + AWAY_RETRY);
         }
-        let Some(build) = self.0.queue.get(key).await? else { return Ok(None) };
-        let build = Arc::new(build);
-        self.remember(build.clone());
-        Ok(Some(build))
-    }
-
-    fn hot_build(&self, key: &BuildKey) -> Option<Arc<Build>> {
-        let hot = self.0.hot.lock().expect("hot lock");
-        hot.get(key).filter(|h| h.at.elapsed() < HOT_TTL).map(|h| h.build.clone())
+        match known {
+            Some(b) => {
+                tracing::debug!(build = %key, "database away: serving a build known to have succeeded");
+                Ok(Some(b))
+            }
+            None => Err(away),
+        }
     }
 
     /// Keep a succeeded build hot.
@@ -198,10 +265,11 @@ impl AppState {
         }
         let mut hot = self.0.hot.lock().expect("hot lock");
         if hot.len() >= HOT_MAX {
-            hot.retain(|_, h| h.at.elapsed() < HOT_TTL);
-            if hot.len() >= HOT_MAX {
-                hot.clear();
-            }
+            // Keep the newer half.
+            let mut ages: Vec<Instant> = hot.values().map(|h| h.at).collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() / 2];
+            hot.retain(|_, h| h.at > cut);
             self.recount(&hot);
         }
         let old = hot.insert(build.key.clone(), Hot { at: Instant::now(), build, objects: HashMap::new() });
@@ -279,13 +347,30 @@ impl AppState {
     }
 
     /// Are the database and the object store reachable?
+    /// Each has [`READY_LIMIT`] to answer.
     pub async fn ready(&self) -> Result<(), String> {
-        self.0.queue.ping().await.map_err(|e| format!("database: {e}"))?;
+        let late = |what: &str| format!("{what}: no answer within {} s", READY_LIMIT.as_secs());
+        tokio::time::timeout(READY_LIMIT, self.0.queue.ping())
+            .await
+            .map_err(|_| late("database"))?
+            .map_err(|e| format!("database: {e}"))?;
         // A HEAD of an object that never exists: reachable stores say "no".
         let probe = ObjectKey::new(&BuildKey::from_digest(&[0; 32]), ObjectName::Manifest);
-        self.0.storage.exists(&probe).await.map_err(|e| format!("storage: {e}"))?;
+        tokio::time::timeout(READY_LIMIT, self.0.storage.exists(&probe))
+            .await
+            .map_err(|_| late("storage"))?
+            .map_err(|e| format!("storage: {e}"))?;
         Ok(())
     }
+}
+
+/// The database did not answer in time.
+pub fn database_away() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+        format!("the database did not answer within {} s; try again shortly", DB_LIMIT.as_secs()),
+    )
 }
 
 impl From<Arc<Inner>> for AppState {

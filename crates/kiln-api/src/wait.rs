@@ -5,7 +5,9 @@
 //! It re-reads the row only when a notification says the build entered a
 //! state it waits for, or when the listener says it may have missed some
 //! (`Resync`, or this receiver lagged). Dropping the future (a client that
-//! hangs up) stops the wait and nothing else: the build carries on.
+//! hangs up) stops the wait and nothing else: the build carries on. When
+//! the server shuts down every wait ends at once ([`Waited::Stopped`]), so
+//! a load balancer can send the request to another API straight away.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,8 @@ pub enum Waited {
     Done(Arc<Build>),
     /// Time ran out; the build as last read.
     TimedOut(Arc<Build>),
+    /// The server is shutting down; the build as last read.
+    Stopped(Arc<Build>),
 }
 
 /// Wait up to `timeout` for build `key` to be in a state `until` accepts.
@@ -37,13 +41,19 @@ pub async fn wait_for(
 ) -> ApiResult<Waited> {
     let deadline = Instant::now() + timeout;
     let mut rx = state.subscribe();
+    let stopping = state.stopping();
+    tokio::pin!(stopping);
     loop {
         let build = state.build(key).await?;
         if until(build.state) {
             return Ok(Waited::Done(build));
         }
         loop {
-            let n = match tokio::time::timeout_at(deadline, rx.recv()).await {
+            let next = tokio::select! {
+                n = tokio::time::timeout_at(deadline, rx.recv()) => n,
+                () = &mut stopping => return Ok(Waited::Stopped(build)),
+            };
+            let n = match next {
                 Err(_) => return Ok(Waited::TimedOut(build)),
                 Ok(Ok(n)) => n,
                 Ok(Err(RecvError::Lagged(_))) => break,

@@ -33,7 +33,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use axum::body::Body;
-use axum::extract::connect_info::Connected;
+use axum::extract::FromRequestParts;
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::http::Version;
+use axum::http::request::Parts;
 use axum::serve::IncomingStream;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
@@ -118,12 +121,11 @@ pub struct Stream {
 #[derive(Debug, Clone)]
 pub struct Conn {
     regions: Shared,
-    pub remote: SocketAddr,
 }
 
 impl Connected<IncomingStream<'_, Listener>> for Conn {
     fn connect_info(stream: IncomingStream<'_, Listener>) -> Self {
-        Conn { regions: stream.io().regions.clone(), remote: *stream.remote_addr() }
+        Conn { regions: stream.io().regions.clone() }
     }
 }
 
@@ -133,6 +135,28 @@ impl Conn {
     pub fn file_body(&self, file: std::fs::File, offset: u64, len: u64) -> Body {
         let body = FileBody { regions: self.regions.clone(), file: Some(Arc::new(file)), offset, left: len };
         Body::new(body)
+    }
+}
+
+/// What a handler knows of its connection: it can take a file body when
+/// the request came over HTTP/1 through [`Listener`] (not through
+/// `oneshot` in tests, nor over HTTP/2).
+#[derive(Debug, Clone, Default)]
+pub struct Wire(Option<Conn>);
+
+impl Wire {
+    pub fn conn(&self) -> Option<&Conn> {
+        self.0.as_ref()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Wire {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let http1 = matches!(parts.version, Version::HTTP_10 | Version::HTTP_11);
+        let conn = parts.extensions.get::<ConnectInfo<Conn>>().filter(|_| http1).map(|c| c.0.clone());
+        Ok(Wire(conn))
     }
 }
 

@@ -229,6 +229,12 @@ impl Storage {
         self.kind
     }
 
+    /// The file that holds the object `key` on local storage (`None` on S3),
+    /// for a caller that sends it with the kernel's help (`sendfile`).
+    pub fn local_path(&self, key: &ObjectKey) -> Option<PathBuf> {
+        self.local_root.as_ref().map(|root| root.join(key.build().as_str()).join(key.name().file_name()))
+    }
+
     /// Whether [`presigned_get`](Self::presigned_get) can work (S3 only).
     pub fn can_presign(&self) -> bool {
         self.s3.is_some()

@@ -87,7 +87,10 @@ async fn main() -> anyhow::Result<()> {
         let linear = base * workers as f64;
         println!("{workers:>12}  {builds:>6}  {secs:>7.1}  {rate:>8.3}  {linear:>10.3}  {:>5.2}", rate / linear);
     }
-    println!("(each build: one container that sleeps {sleep} s; the ideal is {:.3} builds/s per worker)", 1.0 / sleep as f64);
+    println!(
+        "(each build: one container that sleeps {sleep} s; the ideal is {:.3} builds/s per worker)",
+        1.0 / sleep as f64
+    );
     Ok(())
 }
 
@@ -95,9 +98,8 @@ async fn main() -> anyhow::Result<()> {
 async fn wait_workers(farm: &HostFarm, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let up: i64 = sqlx::query_scalar("SELECT count(*) FROM workers WHERE state = 'active'")
-            .fetch_one(farm.pool())
-            .await?;
+        let up: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM workers WHERE state = 'active'").fetch_one(farm.pool()).await?;
         if up as usize >= n {
             return Ok(());
         }

@@ -21,6 +21,7 @@ use crate::query::RawQuery as Query;
 use crate::serve::{self, Extra};
 use crate::views::BuildView;
 use crate::wait::{Waited, wait_for};
+use crate::zerocopy::Wire;
 
 /// A build key from the URL path, checked before any lookup.
 pub struct KeyPath(pub BuildKey);
@@ -38,9 +39,14 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
 
 /// Validate a request against its recipe and resolve its versions.
 pub async fn prepare(state: &AppState, req: &BuildRequest) -> ApiResult<BuildSpec> {
+    Ok(prepare_until(state, req).await?.0)
+}
+
+/// [`prepare`], and until when the resolution holds.
+pub async fn prepare_until(state: &AppState, req: &BuildRequest) -> ApiResult<(BuildSpec, std::time::Instant)> {
     let recipe = state.recipe(&req.recipe)?;
     let validated = req.validate(recipe)?;
-    state.resolver().spec(recipe, &validated).await
+    state.resolver().spec_until(recipe, &validated).await
 }
 
 /// `POST /api/builds`.
@@ -111,10 +117,12 @@ pub async fn get(State(state): State<AppState>, KeyPath(key): KeyPath, RawQuery(
     }
     let started = Instant::now();
     let first = build.state;
+    let waiting = state.metrics().waiting("poll");
     let waited = wait_for(&state, &key, Duration::from_secs(wait), |s| s != first).await?;
+    drop(waiting);
     state.metrics().waited("poll", started.elapsed().as_secs_f64());
     let build = match waited {
-        Waited::Done(b) | Waited::TimedOut(b) => b,
+        Waited::Done(b) | Waited::TimedOut(b) | Waited::Stopped(b) => b,
     };
     Ok(build_response(&state, StatusCode::OK, &build))
 }
@@ -209,31 +217,56 @@ async fn stored(
     name: ObjectName,
     method: Method,
     headers: HeaderMap,
+    wire: Wire,
 ) -> ApiResult<Response> {
     let build = state.build(&key).await?;
     if build.state != BuildState::Succeeded {
         return Err(not_succeeded(&state, &build));
     }
     let presign = matches!(name, ObjectName::Artifact | ObjectName::Binary);
-    serve::object(&state, &build, name, &method, &headers, Extra { presign, ..Default::default() }).await
+    serve::object(&state, &build, name, &method, &headers, Extra { presign, wire, ..Default::default() }).await
 }
 
 /// `GET /api/builds/{key}/artifact`.
-pub async fn artifact(State(s): State<AppState>, KeyPath(k): KeyPath, m: Method, h: HeaderMap) -> ApiResult<Response> {
-    stored(s, k, ObjectName::Artifact, m, h).await
+pub async fn artifact(
+    State(s): State<AppState>,
+    KeyPath(k): KeyPath,
+    m: Method,
+    h: HeaderMap,
+    w: Wire,
+) -> ApiResult<Response> {
+    stored(s, k, ObjectName::Artifact, m, h, w).await
 }
 
 /// `GET /api/builds/{key}/artifact.minisig`.
-pub async fn signature(State(s): State<AppState>, KeyPath(k): KeyPath, m: Method, h: HeaderMap) -> ApiResult<Response> {
-    stored(s, k, ObjectName::Signature, m, h).await
+pub async fn signature(
+    State(s): State<AppState>,
+    KeyPath(k): KeyPath,
+    m: Method,
+    h: HeaderMap,
+    w: Wire,
+) -> ApiResult<Response> {
+    stored(s, k, ObjectName::Signature, m, h, w).await
 }
 
 /// `GET /api/builds/{key}/binary`.
-pub async fn binary(State(s): State<AppState>, KeyPath(k): KeyPath, m: Method, h: HeaderMap) -> ApiResult<Response> {
-    stored(s, k, ObjectName::Binary, m, h).await
+pub async fn binary(
+    State(s): State<AppState>,
+    KeyPath(k): KeyPath,
+    m: Method,
+    h: HeaderMap,
+    w: Wire,
+) -> ApiResult<Response> {
+    stored(s, k, ObjectName::Binary, m, h, w).await
 }
 
 /// `GET /api/builds/{key}/build.json`: the manifest the worker stored.
-pub async fn manifest(State(s): State<AppState>, KeyPath(k): KeyPath, m: Method, h: HeaderMap) -> ApiResult<Response> {
-    stored(s, k, ObjectName::Manifest, m, h).await
+pub async fn manifest(
+    State(s): State<AppState>,
+    KeyPath(k): KeyPath,
+    m: Method,
+    h: HeaderMap,
+    w: Wire,
+) -> ApiResult<Response> {
+    stored(s, k, ObjectName::Manifest, m, h, w).await
 }

@@ -12,11 +12,18 @@
 //! The request blocks until the build has ended or `api.compat_timeout_secs`
 //! has passed: the binary (`200`), the build's error (`422`), or the key to
 //! poll (`504`). Identical requests, however many at once, share one build.
+//! When the server shuts down, waiting requests are answered `503
+//! shutting_down` at once (a load balancer retries them elsewhere).
+//!
+//! A query string once resolved is remembered ([`crate::resolved`]) for as
+//! long as its resolution holds, and the answer says so to caches in front
+//! (`Cache-Control: public, max-age=<seconds left>`): unlike a build's own
+//! URLs, a compat URL's answer changes when a new version comes out.
 
 use std::time::{Duration, Instant};
 
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use kiln_domain::request::ReplacementRequest;
 use kiln_domain::{BuildRequest, BuildState, PluginRequest};
@@ -26,9 +33,11 @@ use kiln_storage::ObjectName;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::query::RawQuery as Query;
-use crate::routes::builds::{failed, prepare};
+use crate::resolved::Resolved;
+use crate::routes::builds::{failed, prepare_until};
 use crate::serve::{self, Extra};
 use crate::wait::{Waited, wait_for};
+use crate::zerocopy::Wire;
 
 /// The recipe used when a request names none.
 pub const DEFAULT_RECIPE: &str = "caddy";
@@ -90,17 +99,20 @@ pub async fn compat(
     RawQuery(q): RawQuery,
     method: Method,
     headers: HeaderMap,
+    wire: Wire,
 ) -> ApiResult<Response> {
-    let q = Query::parse(q.as_deref())?;
-    let req = request(&state, &q).map_err(compat_field)?;
-    let spec = prepare(&state, &req).await.map_err(compat_field)?;
-    let key = spec.key();
+    let resolved = match state.resolutions().get(q.as_deref().unwrap_or_default()) {
+        Some(r) => r,
+        None => resolve(&state, q.as_deref()).await?,
+    };
+    let key = &resolved.key;
 
-    // A cache hit: one indexed lookup (or none while the build is hot).
-    let build = match state.lookup(&key).await? {
+    // A cache hit: no parsing or hashing (the resolution is remembered), and
+    // one indexed lookup of the build (or none while it is hot).
+    let build = match state.lookup(key).await? {
         Some(b) if b.state == BuildState::Succeeded => b,
         _ => {
-            let enqueued = state.queue().enqueue(&spec, priority::INTERACTIVE).await?;
+            let enqueued = state.queue().enqueue(&resolved.spec, priority::INTERACTIVE).await?;
             let build = enqueued.build;
             tracing::debug!(build = %key, outcome = ?enqueued.outcome, state = %build.state, "compat request");
             if build.state.is_final() {
@@ -108,11 +120,14 @@ pub async fn compat(
             } else {
                 let started = Instant::now();
                 let timeout = Duration::from_secs(state.config().api.compat_timeout_secs);
-                let waited = wait_for(&state, &key, timeout, BuildState::is_final).await?;
+                let waiting = state.metrics().waiting("compat");
+                let waited = wait_for(&state, key, timeout, BuildState::is_final).await?;
+                drop(waiting);
                 state.metrics().waited("compat", started.elapsed().as_secs_f64());
                 match waited {
                     Waited::Done(b) => b,
                     Waited::TimedOut(b) => return Err(timed_out(&state, &b, timeout)),
+                    Waited::Stopped(_) => return Err(ApiError::shutting_down().with_key(key)),
                 }
             }
         }
@@ -126,16 +141,37 @@ pub async fn compat(
                 "build_cancelled",
                 format!("build {key} was cancelled"),
             )
-            .with_key(&key));
+            .with_key(key));
         }
     }
-    let recipe = state.recipe(&spec.recipe)?;
+    // Downstream caches may keep the answer as long as the resolution holds.
+    let max_age = resolved.secs_left(std::time::Instant::now());
+    let cache_control = HeaderValue::from_str(&format!("public, max-age={max_age}")).expect("ASCII");
     let extra = Extra {
-        filename: Some(file_name(recipe, &spec.platform)),
-        location: (method == Method::HEAD).then(|| state.url(&format!("/api/builds/{key}/binary"))),
+        disposition: Some(resolved.disposition.clone()),
+        location: if method == Method::HEAD { resolved.binary_url.clone() } else { None },
+        cache_control: Some(cache_control),
         presign: false,
+        wire,
     };
     serve::object(&state, &build, ObjectName::Binary, &method, &headers, extra).await
+}
+
+/// Parse, validate and resolve a compat query, and remember the outcome.
+async fn resolve(state: &AppState, raw: Option<&str>) -> ApiResult<std::sync::Arc<Resolved>> {
+    let q = Query::parse(raw)?;
+    let req = request(state, &q).map_err(compat_field)?;
+    let (spec, until) = prepare_until(state, &req).await.map_err(compat_field)?;
+    let key = spec.key();
+    let recipe = state.recipe(&spec.recipe)?;
+    let resolved = Resolved {
+        disposition: serve::disposition(&file_name(recipe, &spec.platform)),
+        binary_url: HeaderValue::from_str(&state.url(&format!("/api/builds/{key}/binary"))).ok(),
+        key,
+        spec,
+        until,
+    };
+    Ok(state.resolutions().insert(raw.unwrap_or_default(), resolved))
 }
 
 /// The binary's download name, as the Caddy download API gives it:

@@ -170,3 +170,33 @@ async fn static_plugin_lists_win_over_the_proxy() {
     assert_eq!(a.json()["plugins"][0]["version"], "v0.2.0", "{}", a.text());
     assert_eq!(proxy.hits("example.com/greet/@v/list"), 0);
 }
+
+#[tokio::test]
+async fn a_remembered_compat_resolution_never_outlives_the_version_listing() {
+    let proxy = Proxy::start().await;
+    proxy.publish("example.com/Kiln/hello", &["v1.0.0"], &[]);
+    let url = proxy.url.clone();
+    let api = InProc::with(move |c| {
+        c.api.go_proxy = url;
+        c.api.version_cache_secs = 1;
+        // No worker runs here: the build stays queued, and the 504 names its key.
+        c.api.compat_timeout_secs = 0;
+        let hello = c.recipes.get_mut("hello").unwrap();
+        hello.versions = VersionSource::GoProxy { module: ModulePath::parse("m", "example.com/Kiln/hello").unwrap() };
+    })
+    .await;
+    let compat = "/api/compat?recipe=hello&os=linux&arch=amd64";
+    let key_of = |j: serde_json::Value| j["error"]["key"].as_str().unwrap().to_owned();
+    let first = key_of(api.get(compat).await.error(504, "build_pending"));
+    let again = key_of(api.get(compat).await.error(504, "build_pending"));
+    assert_eq!(again, first);
+    assert_eq!(api.get(&format!("/api/builds/{first}")).await.json()["version"], "v1.0.0");
+
+    // A new "latest": once the listing's lifetime is over, the same query
+    // string resolves to it, however recently it was answered.
+    proxy.publish("example.com/Kiln/hello", &["v1.0.0", "v1.1.0"], &[]);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let newer = key_of(api.get(compat).await.error(504, "build_pending"));
+    assert_ne!(newer, first);
+    assert_eq!(api.get(&format!("/api/builds/{newer}")).await.json()["version"], "v1.1.0");
+}
