@@ -293,7 +293,88 @@ impl AsyncWrite for Stream {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
+    use axum::extract::ConnectInfo;
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
+
+    /// Serves `/<start>/<end>` of the file at `path` as a file body.
+    async fn server(path: std::path::PathBuf) -> SocketAddr {
+        let app = axum::Router::new().route(
+            "/{start}/{end}",
+            axum::routing::get(
+                move |ConnectInfo(conn): ConnectInfo<Conn>,
+                      axum::extract::Path((a, b)): axum::extract::Path<(u64, u64)>| {
+                    let file = std::fs::File::open(&path).unwrap();
+                    let body = conn.file_body(file, a, b - a);
+                    async move { ([(header::CONTENT_LENGTH, (b - a).to_string())], body).into_response() }
+                },
+            ),
+        );
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let service = app.into_make_service_with_connect_info::<Conn>();
+        tokio::spawn(async move { axum::serve(Listener::new(tcp), service).await.unwrap() });
+        addr
+    }
+
+    /// Read one response with a Content-Length from `r`; its body.
+    async fn response(r: &mut tokio::io::BufReader<TcpStream>) -> Vec<u8> {
+        use tokio::io::AsyncBufReadExt;
+        let mut len = None;
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = Some(v.trim().parse::<usize>().unwrap());
+            }
+        }
+        let mut body = vec![0; len.expect("a content-length")];
+        r.read_exact(&mut body).await.unwrap();
+        body
+    }
+
+    #[tokio::test]
+    async fn file_bodies_arrive_whole_and_in_order_on_one_connection() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let data: Vec<u8> = (0..5 * MARKER_LEN + 12345).map(|i| (i * 7 % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        let addr = server(f.path().to_owned()).await;
+        let mut conn = tokio::io::BufReader::new(TcpStream::connect(addr).await.unwrap());
+        // Pipelined: three requests before reading any answer.
+        let parts = [(0, data.len()), (100, 101), (MARKER_LEN - 3, 2 * MARKER_LEN + 7)];
+        let mut requests = String::new();
+        for (a, b) in parts {
+            requests.push_str(&format!("GET /{a}/{b} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        }
+        conn.get_mut().write_all(requests.as_bytes()).await.unwrap();
+        for (a, b) in parts {
+            let body = response(&mut conn).await;
+            assert!(body == data[a..b], "bytes {a}..{b} differ");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_shorter_than_its_length_closes_the_connection() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&[1; 1000]).unwrap();
+        let addr = server(f.path().to_owned()).await;
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET /0/5000 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut all = Vec::new();
+        conn.read_to_end(&mut all).await.unwrap();
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        let body = &all[all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+        assert_eq!(body, &[1; 1000][..], "the file's bytes and nothing else, then the connection closes");
+    }
 
     #[test]
     fn markers_are_known_by_address_alone() {

@@ -52,6 +52,9 @@ async fn a_worker_host_cut_off_mid_build_is_fenced_out_and_cleans_up() {
         farm.output(&first_host).contains("LeaseLost")
     })
     .await;
+    let output = farm.output(&first_host);
+    let said: Vec<&str> = output.lines().filter(|l| l.contains("lease") || l.contains("job ended")).collect();
+    eprintln!("the first worker on its lost lease:\n{}", said.join("\n"));
     let tried = attempts(&farm, &key).await;
     assert_eq!(
         tried,
