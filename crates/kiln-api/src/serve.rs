@@ -14,6 +14,8 @@
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
@@ -42,6 +44,24 @@ pub struct Extra {
     pub presign: bool,
     /// The connection, for a large local object sent with `sendfile`.
     pub wire: Wire,
+}
+
+/// What a download request brings: its method, its headers (`Range`,
+/// `If-None-Match`, …) and its connection.
+#[derive(Debug)]
+pub struct Fetch {
+    pub method: Method,
+    pub headers: HeaderMap,
+    pub wire: Wire,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Fetch {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let wire = Wire::from_request_parts(parts, state).await?;
+        Ok(Fetch { method: parts.method.clone(), headers: parts.headers.clone(), wire })
+    }
 }
 
 /// `attachment; filename=<name>`, the name reduced to safe characters.

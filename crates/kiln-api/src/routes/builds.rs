@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, RawQuery, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kiln_domain::{BuildKey, BuildRequest, BuildSpec, BuildState};
 use kiln_queue::{Build, priority};
@@ -18,10 +18,9 @@ use subtle::ConstantTimeEq;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::query::RawQuery as Query;
-use crate::serve::{self, Extra};
+use crate::serve::{self, Extra, Fetch};
 use crate::views::BuildView;
 use crate::wait::{Waited, wait_for};
-use crate::zerocopy::Wire;
 
 /// A build key from the URL path, checked before any lookup.
 pub struct KeyPath(pub BuildKey);
@@ -211,62 +210,32 @@ pub fn failed(state: &AppState, build: &Build) -> ApiError {
         .with_log(state.url(&format!("/api/builds/{}/log", build.key)))
 }
 
-async fn stored(
-    state: AppState,
-    key: BuildKey,
-    name: ObjectName,
-    method: Method,
-    headers: HeaderMap,
-    wire: Wire,
-) -> ApiResult<Response> {
+async fn stored(state: AppState, key: BuildKey, name: ObjectName, f: Fetch) -> ApiResult<Response> {
     let build = state.build(&key).await?;
     if build.state != BuildState::Succeeded {
         return Err(not_succeeded(&state, &build));
     }
     let presign = matches!(name, ObjectName::Artifact | ObjectName::Binary);
-    serve::object(&state, &build, name, &method, &headers, Extra { presign, wire, ..Default::default() }).await
+    let extra = Extra { presign, wire: f.wire, ..Default::default() };
+    serve::object(&state, &build, name, &f.method, &f.headers, extra).await
 }
 
 /// `GET /api/builds/{key}/artifact`.
-pub async fn artifact(
-    State(s): State<AppState>,
-    KeyPath(k): KeyPath,
-    m: Method,
-    h: HeaderMap,
-    w: Wire,
-) -> ApiResult<Response> {
-    stored(s, k, ObjectName::Artifact, m, h, w).await
+pub async fn artifact(State(s): State<AppState>, KeyPath(k): KeyPath, f: Fetch) -> ApiResult<Response> {
+    stored(s, k, ObjectName::Artifact, f).await
 }
 
 /// `GET /api/builds/{key}/artifact.minisig`.
-pub async fn signature(
-    State(s): State<AppState>,
-    KeyPath(k): KeyPath,
-    m: Method,
-    h: HeaderMap,
-    w: Wire,
-) -> ApiResult<Response> {
-    stored(s, k, ObjectName::Signature, m, h, w).await
+pub async fn signature(State(s): State<AppState>, KeyPath(k): KeyPath, f: Fetch) -> ApiResult<Response> {
+    stored(s, k, ObjectName::Signature, f).await
 }
 
 /// `GET /api/builds/{key}/binary`.
-pub async fn binary(
-    State(s): State<AppState>,
-    KeyPath(k): KeyPath,
-    m: Method,
-    h: HeaderMap,
-    w: Wire,
-) -> ApiResult<Response> {
-    stored(s, k, ObjectName::Binary, m, h, w).await
+pub async fn binary(State(s): State<AppState>, KeyPath(k): KeyPath, f: Fetch) -> ApiResult<Response> {
+    stored(s, k, ObjectName::Binary, f).await
 }
 
 /// `GET /api/builds/{key}/build.json`: the manifest the worker stored.
-pub async fn manifest(
-    State(s): State<AppState>,
-    KeyPath(k): KeyPath,
-    m: Method,
-    h: HeaderMap,
-    w: Wire,
-) -> ApiResult<Response> {
-    stored(s, k, ObjectName::Manifest, m, h, w).await
+pub async fn manifest(State(s): State<AppState>, KeyPath(k): KeyPath, f: Fetch) -> ApiResult<Response> {
+    stored(s, k, ObjectName::Manifest, f).await
 }

@@ -23,7 +23,7 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use kiln_domain::request::ReplacementRequest;
 use kiln_domain::{BuildRequest, BuildState, PluginRequest};
@@ -35,9 +35,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::query::RawQuery as Query;
 use crate::resolved::Resolved;
 use crate::routes::builds::{failed, prepare_until};
-use crate::serve::{self, Extra};
+use crate::serve::{self, Extra, Fetch};
 use crate::wait::{Waited, wait_for};
-use crate::zerocopy::Wire;
 
 /// The recipe used when a request names none.
 pub const DEFAULT_RECIPE: &str = "caddy";
@@ -97,9 +96,7 @@ fn compat_field(mut e: ApiError) -> ApiError {
 pub async fn compat(
     State(state): State<AppState>,
     RawQuery(q): RawQuery,
-    method: Method,
-    headers: HeaderMap,
-    wire: Wire,
+    Fetch { method, headers, wire }: Fetch,
 ) -> ApiResult<Response> {
     let resolved = match state.resolutions().get(q.as_deref().unwrap_or_default()) {
         Some(r) => r,
