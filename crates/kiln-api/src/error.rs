@@ -15,6 +15,7 @@ use kiln_domain::{BuildKey, ValidationError};
 use kiln_queue::QueueError;
 use kiln_storage::StorageError;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::middleware::current_request_id;
 
@@ -123,30 +124,41 @@ impl From<StorageError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// Every error the API answers with, in the Caddy download API's shape.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody<'a> {
+    /// The HTTP status, repeated.
     status_code: u16,
-    error: Inner<'a>,
+    error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
+/// What went wrong and what to fix.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// A machine-readable code, e.g. `invalid_module`, `unknown_build`, `build_failed`.
     code: &'a str,
+    /// A sentence for people that says what to fix.
     message: &'a str,
+    /// The request id (also in the `x-request-id` header), for the server's logs.
     id: String,
+    /// The input to fix: a query parameter or a JSON path in the body.
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    /// The build the error is about (poll it, or read its log).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     key: Option<&'a str>,
+    /// The URL of a failed build's log.
     #[serde(skip_serializing_if = "Option::is_none")]
     log: Option<&'a str>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body {
+        let body = ErrorBody {
             status_code: self.status.as_u16(),
-            error: Inner {
+            error: ErrorDetail {
                 code: self.code,
                 message: &self.message,
                 id: current_request_id().unwrap_or_default(),

@@ -7,7 +7,7 @@
 //! object store, listens on `api.listen` and calls [`run`]; the binary
 //! (`src/main.rs`) only parses its arguments and loads the configuration.
 //!
-//! Map of the crate (its modules are private; [`app`], [`run`], [`serve`]
+//! Map of the crate (its modules are private but `openapi`; [`app`], [`run`], [`serve`]
 //! and [`AppState`] are the interface):
 //! - `routes`: the handlers (`builds`, `compat`, `live` logs and events,
 //!   `recipes` with their versions and dry-run resolution, `ops`);
@@ -19,11 +19,14 @@
 //! - `resolved`: compat query strings already resolved, until they expire;
 //! - `query`: raw query strings (repeated keys, non-UTF-8 refused);
 //! - `error`: the one error type and its Caddy-compatible JSON;
+//! - [`openapi`]: the route list and the OpenAPI document made from it
+//!   (public, so tests and tools can read the document);
 //! - `state`, `middleware`, `metrics`, `views`.
 
 mod error;
 mod metrics;
 mod middleware;
+pub mod openapi;
 mod page;
 mod query;
 mod resolve;
@@ -40,7 +43,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use kiln_config::Config;
 use kiln_queue::{Queue, QueueError, QueueSettings};
 use kiln_storage::{Storage, StorageError};
@@ -49,35 +51,19 @@ use tokio::net::TcpListener;
 pub use error::ApiError;
 pub use state::AppState;
 
-use routes::{builds, compat, live, ops, recipes};
+use routes::ops;
 
 /// How long open requests may go on after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// The API's router. No server-wide timeout: compat requests wait for
-/// builds and downloads may be slow; each wait has its own limit.
+/// The API's router: every documented route ([`openapi::router`]) and the
+/// JSON answers for unknown routes and methods. No server-wide timeout:
+/// compat requests wait for builds and downloads may be slow; each wait has
+/// its own limit.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config().api.max_body_bytes;
-    Router::new()
-        .route("/", get(ops::index))
-        .route("/api/builds", post(builds::create))
-        .route("/api/builds/{key}", get(builds::get).delete(builds::cancel))
-        .route("/api/builds/{key}/retry", post(builds::retry))
-        .route("/api/builds/{key}/log", get(live::log))
-        .route("/api/builds/{key}/events", get(live::events))
-        .route("/api/builds/{key}/artifact", get(builds::artifact))
-        .route("/api/builds/{key}/artifact.minisig", get(builds::signature))
-        .route("/api/builds/{key}/binary", get(builds::binary))
-        .route("/api/builds/{key}/build.json", get(builds::manifest))
-        .route("/api/compat", get(compat::compat))
-        .route("/api/recipes", get(ops::recipes))
-        .route("/api/recipes/{name}", get(recipes::recipe))
-        .route("/api/recipes/{name}/versions", get(recipes::versions))
-        .route("/api/resolve", get(recipes::resolve))
-        .route("/api/signing-key", get(ops::signing_key))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
+    let (router, _document) = openapi::router().split_for_parts();
+    router
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -19,19 +19,46 @@ pub(crate) const MAX_RECIPE_NAME: usize = 64;
 
 /// A build as a user asks for it (the body of `POST /api/builds`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BuildRequest {
+    /// The recipe's name (`GET /api/recipes` lists them).
+    #[cfg_attr(feature = "openapi", schema(example = "caddy"))]
     pub recipe: String,
+    /// An absolute version (`v2.8.4`), or `latest`; missing means latest.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(example = "v2.8.4"))]
     pub version: Option<String>,
+    /// Target operating system, one of the recipe's platforms.
+    #[cfg_attr(feature = "openapi", schema(example = "linux"))]
     pub os: String,
+    /// Target architecture, one of the recipe's platforms.
+    #[cfg_attr(feature = "openapi", schema(example = "amd64"))]
     pub arch: String,
+    /// The ARM version (`6`, `7`) when `arch` is `arm`; a number or a string.
     #[serde(default, deserialize_with = "arm_from_any")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = arm_schema))]
     pub arm: Option<String>,
+    /// Plugins, in any order; duplicates collapse.
     #[serde(default)]
     pub plugins: Vec<PluginRequest>,
+    /// Module replacements, where the recipe allows them.
     #[serde(default)]
     pub replacements: Vec<ReplacementRequest>,
+}
+
+/// `arm` as the API document shows it: a string or an integer.
+#[cfg(feature = "openapi")]
+fn arm_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)))
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .description(Some("The ARM version (`6`, `7`) when `arch` is `arm`; a number or a string."))
+            .build(),
+    )
 }
 
 /// `arm` may be sent as a number or a string.
@@ -48,10 +75,15 @@ fn arm_from_any<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>
     }))
 }
 
+/// One plugin of a request: a Go module path, optionally with a version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PluginRequest {
+    /// A Go module path the recipe's plugin patterns allow.
+    #[cfg_attr(feature = "openapi", schema(example = "github.com/caddy-dns/cloudflare"))]
     pub module: String,
+    /// An absolute version, or `latest`; missing means latest.
     #[serde(default)]
     pub version: Option<String>,
 }
@@ -68,10 +100,14 @@ impl PluginRequest {
 
 /// `module=target[@version]`: build with `target` in place of `module`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReplacementRequest {
+    /// The module to replace.
     pub module: String,
+    /// The module used in its place.
     pub with: String,
+    /// The version of `with`, if it is not a local path.
     #[serde(default)]
     pub version: Option<String>,
 }

@@ -41,6 +41,7 @@ macro_rules! string_enum {
 string_enum! {
     /// `queued → running → succeeded | failed | cancelled`; a lapsed lease or
     /// a preemption puts a running build back to `queued`.
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
     BuildState {
         Queued => "queued",
         Running => "running",

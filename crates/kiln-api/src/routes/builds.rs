@@ -16,7 +16,8 @@ use kiln_storage::ObjectName;
 use subtle::ConstantTimeEq;
 
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::openapi::{KeyParam, ObjectHeaders};
 use crate::query::RawQuery as Query;
 use crate::serve::{self, Extra, Fetch};
 use crate::views::BuildView;
@@ -48,7 +49,29 @@ pub async fn prepare_until(state: &AppState, req: &BuildRequest) -> ApiResult<(B
     state.resolver().spec_until(recipe, &validated).await
 }
 
-/// `POST /api/builds`.
+/// Submit a build.
+///
+/// The request is validated against its recipe, "latest" and missing versions
+/// are resolved to absolute ones, and the resolved request is hashed into the
+/// build key. Identical requests share one build: the answer is `202` while it
+/// is queued or running, `200` once it has ended.
+#[utoipa::path(
+    post,
+    path = "/api/builds",
+    operation_id = "createBuild",
+    tag = "builds",
+    request_body(content = BuildRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Queued or running; poll `Location`.", body = BuildView,
+            headers(("Location" = String, description = "The build's URL"))),
+        (status = 200, description = "The same request has already ended (succeeded, failed or cancelled).", body = BuildView),
+        (status = 400, description = "A malformed body or an invalid request (`field` names it): unknown platform, module path, version.", body = ErrorBody),
+        (status = 404, description = "No such recipe (`unknown_recipe`).", body = ErrorBody),
+        (status = 413, description = "The body is larger than `api.max_body_bytes`.", body = ErrorBody),
+        (status = 502, description = "The Go module proxy could not be asked for a version (`proxy_unreachable`).", body = ErrorBody),
+        (status = 503, description = "The database is unreachable.", body = ErrorBody),
+    )
+)]
 pub async fn create(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -99,8 +122,26 @@ pub fn build_response(state: &AppState, status: StatusCode, build: &Build) -> Re
     resp
 }
 
-/// `GET /api/builds/{key}[?wait=N]`: with `wait`, hold until the state
-/// differs from the one at the time of the request, or N seconds pass.
+/// Read a build, optionally waiting for its state to change.
+///
+/// With `wait=N` the answer is held until the state differs from the one at
+/// the time of the request, or N seconds (at most `api.max_wait_secs`) pass.
+#[utoipa::path(
+    get,
+    path = "/api/builds/{key}",
+    operation_id = "getBuild",
+    tag = "builds",
+    params(
+        KeyParam,
+        ("wait" = Option<u64>, Query, description = "Seconds to wait for a change of state (capped by the server).", minimum = 0),
+    ),
+    responses(
+        (status = 200, description = "The build.", body = BuildView),
+        (status = 400, description = "A malformed key or `wait`.", body = ErrorBody),
+        (status = 404, description = "No such build (`unknown_build`).", body = ErrorBody),
+        (status = 503, description = "The database is unreachable.", body = ErrorBody),
+    )
+)]
 pub async fn get(State(state): State<AppState>, KeyPath(key): KeyPath, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let q = Query::parse(q.as_deref())?;
     let wait = match q.first("wait").filter(|w| !w.is_empty()) {
@@ -151,7 +192,29 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     }
 }
 
-/// `DELETE /api/builds/{key}`: cancel (admin).
+/// Cancel a build (admin).
+///
+/// A queued build ends `cancelled` at once (`200`); a running one is
+/// stopped by its worker at its next heartbeat (`202`, `cancel_requested`).
+#[utoipa::path(
+    delete,
+    path = "/api/builds/{key}",
+    operation_id = "cancelBuild",
+    tag = "builds",
+    params(KeyParam),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Cancelled.", body = BuildView),
+        (status = 202, description = "Running: its worker stops it shortly.", body = BuildView),
+        (status = 400, description = "A malformed key.", body = ErrorBody),
+        (status = 401, description = "No `Authorization: Bearer` header.", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "A wrong token, or admin routes are off (no `api.admin_token`).", body = ErrorBody),
+        (status = 404, description = "No such build.", body = ErrorBody),
+        (status = 409, description = "The build has already ended (`already_finished`).", body = ErrorBody),
+        (status = 503, description = "The database is unreachable.", body = ErrorBody),
+    )
+)]
 pub async fn cancel(State(state): State<AppState>, KeyPath(key): KeyPath, headers: HeaderMap) -> ApiResult<Response> {
     authorize(&state, &headers)?;
     let before = state.queue().get(&key).await?.ok_or_else(|| ApiError::unknown_build(&key))?;
@@ -169,7 +232,25 @@ pub async fn cancel(State(state): State<AppState>, KeyPath(key): KeyPath, header
     Ok(build_response(&state, status, &build))
 }
 
-/// `POST /api/builds/{key}/retry`: queue a failed or cancelled build again now (admin).
+/// Retry a failed or cancelled build now (admin).
+#[utoipa::path(
+    post,
+    path = "/api/builds/{key}/retry",
+    operation_id = "retryBuild",
+    tag = "builds",
+    params(KeyParam),
+    security(("admin_token" = [])),
+    responses(
+        (status = 202, description = "Queued again.", body = BuildView),
+        (status = 400, description = "A malformed key.", body = ErrorBody),
+        (status = 401, description = "No `Authorization: Bearer` header.", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "A wrong token, or admin routes are off (no `api.admin_token`).", body = ErrorBody),
+        (status = 404, description = "No such build.", body = ErrorBody),
+        (status = 409, description = "The build is queued, running or succeeded (`not_retryable`).", body = ErrorBody),
+        (status = 503, description = "The database is unreachable.", body = ErrorBody),
+    )
+)]
 pub async fn retry(State(state): State<AppState>, KeyPath(key): KeyPath, headers: HeaderMap) -> ApiResult<Response> {
     authorize(&state, &headers)?;
     if !state.queue().retry(&key).await? {
@@ -220,22 +301,74 @@ async fn stored(state: AppState, key: BuildKey, name: ObjectName, f: Fetch) -> A
     serve::object(&state, &build, name, &f.method, &f.headers, extra).await
 }
 
-/// `GET /api/builds/{key}/artifact`.
-pub async fn artifact(State(s): State<AppState>, KeyPath(k): KeyPath, f: Fetch) -> ApiResult<Response> {
-    stored(s, k, ObjectName::Artifact, f).await
+/// A handler for one stored object of a succeeded build (`GET` and `HEAD`),
+/// and its entry in the API document.
+macro_rules! stored_object {
+    (
+        $(#[$doc:meta])*
+        $name:ident, $path:tt, $id:tt, $object:expr, $content_type:tt $(, $extra:tt)*
+    ) => {
+        $(#[$doc])*
+        #[utoipa::path(
+            method(get, head),
+            path = $path,
+            operation_id = $id,
+            tag = "downloads",
+            params(KeyParam, ObjectHeaders),
+            responses(
+                (status = 200, description = "The object. Immutable: strong `ETag`, cached for a year.",
+                    content(($content_type)),
+                    headers(
+                        ("ETag" = String, description = "`\"sha256-<hex>\"` where the manifest records the SHA-256"),
+                        ("Cache-Control" = String, description = "`public, max-age=31536000, immutable`"),
+                        ("x-kiln-build-key" = String, description = "The build key"),
+                    )),
+                (status = 206, description = "The requested `Range`.", content(($content_type)),
+                    headers(("Content-Range" = String, description = "`bytes start-end/size`"))),
+                $($extra,)*
+                (status = 304, description = "`If-None-Match` matched the `ETag`."),
+                (status = 400, description = "A malformed key.", body = ErrorBody),
+                (status = 404, description = "No such build (`unknown_build`), or the object has expired (`not_stored`).", body = ErrorBody),
+                (status = 409, description = "The build is still queued or running (`not_ready`), or was cancelled (`build_cancelled`).", body = ErrorBody),
+                (status = 416, description = "The `Range` lies outside the object.", body = ErrorBody,
+                    headers(("Content-Range" = String, description = "`bytes */size`"))),
+                (status = 422, description = "The build failed (`build_failed`); `log` is the URL of its log.", body = ErrorBody),
+                (status = 503, description = "The database or the object store is unreachable.", body = ErrorBody),
+            )
+        )]
+        pub async fn $name(State(s): State<AppState>, KeyPath(k): KeyPath, f: Fetch) -> ApiResult<Response> {
+            stored(s, k, $object, f).await
+        }
+    };
 }
 
-/// `GET /api/builds/{key}/artifact.minisig`.
-pub async fn signature(State(s): State<AppState>, KeyPath(k): KeyPath, f: Fetch) -> ApiResult<Response> {
-    stored(s, k, ObjectName::Signature, f).await
+stored_object! {
+    /// Download the artifact: the TAR of `out/`, deterministic and signed.
+    artifact, "/api/builds/{key}/artifact", "getArtifact", ObjectName::Artifact,
+    "application/x-tar",
+    (status = 303, description = "With S3 storage and `storage.s3.presign`: a presigned URL of the object.",
+        headers(("Location" = String, description = "The presigned URL")))
 }
 
-/// `GET /api/builds/{key}/binary`.
-pub async fn binary(State(s): State<AppState>, KeyPath(k): KeyPath, f: Fetch) -> ApiResult<Response> {
-    stored(s, k, ObjectName::Binary, f).await
+stored_object! {
+    /// Download the artifact's minisign signature.
+    ///
+    /// `minisign -Vm artifact.tar -P <key>` verifies it; its trusted comment
+    /// names the build key and the artifact's SHA-256.
+    signature, "/api/builds/{key}/artifact.minisig", "getSignature", ObjectName::Signature,
+    "text/plain; charset=utf-8"
 }
 
-/// `GET /api/builds/{key}/build.json`: the manifest the worker stored.
-pub async fn manifest(State(s): State<AppState>, KeyPath(k): KeyPath, f: Fetch) -> ApiResult<Response> {
-    stored(s, k, ObjectName::Manifest, f).await
+stored_object! {
+    /// Download the recipe's main binary, taken out of the artifact.
+    binary, "/api/builds/{key}/binary", "getBinary", ObjectName::Binary,
+    "application/octet-stream",
+    (status = 303, description = "With S3 storage and `storage.s3.presign`: a presigned URL of the object.",
+        headers(("Location" = String, description = "The presigned URL")))
+}
+
+stored_object! {
+    /// Download the build's manifest (`build.json`): request, resolved versions, sizes, SHA-256s.
+    manifest, "/api/builds/{key}/build.json", "getManifest", ObjectName::Manifest,
+    "application/json"
 }

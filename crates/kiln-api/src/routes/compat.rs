@@ -31,7 +31,8 @@ use kiln_queue::{Build, priority};
 use kiln_storage::ObjectName;
 
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::openapi::ObjectHeaders;
 use crate::query::RawQuery as Query;
 use crate::resolved::Resolved;
 use crate::routes::builds::{failed, prepare_until};
@@ -92,7 +93,47 @@ fn compat_field(mut e: ApiError) -> ApiError {
     e
 }
 
-/// `GET` and `HEAD /api/compat`.
+/// Download a binary the way the Caddy download API serves one.
+///
+/// Blocks until the build has ended (at most `api.compat_timeout_secs`),
+/// then answers with the binary as an attachment named
+/// `<binary>_<os>_<arch>_custom` (`.exe` on windows). A second identical
+/// request is served from storage at once. `HEAD` answers with the headers
+/// and a `Location` of the build's immutable binary URL. Unknown parameters
+/// (`idempotency`, …) are ignored.
+#[utoipa::path(
+    method(get, head),
+    path = "/api/compat",
+    operation_id = "compat",
+    tag = "compat",
+    params(
+        ("os" = String, Query, description = "Target operating system.", example = "linux"),
+        ("arch" = String, Query, description = "Target architecture.", example = "amd64"),
+        ("arm" = Option<String>, Query, description = "ARM version when `arch` is `arm`."),
+        ("version" = Option<String>, Query, description = "The product's version; latest when missing."),
+        ("p" = Option<Vec<String>>, Query, explode, description = "A plugin, `module[@version]`; repeat for more."),
+        ("r" = Option<Vec<String>>, Query, explode, description = "A replacement, `module=target[@version]`, where the recipe allows them."),
+        ("recipe" = Option<String>, Query, description = "The recipe; `caddy` when missing."),
+        ObjectHeaders,
+    ),
+    responses(
+        (status = 200, description = "The binary.", content(("application/octet-stream")),
+            headers(
+                ("Content-Disposition" = String, description = "`attachment; filename=<binary>_<os>_<arch>_custom`"),
+                ("ETag" = String, description = "The binary's SHA-256 as a strong ETag"),
+                ("Location" = String, description = "`HEAD` only: the build's binary URL"),
+            )),
+        (status = 206, description = "The requested `Range` of the binary.", content(("application/octet-stream"))),
+        (status = 304, description = "`If-None-Match` matched the `ETag`."),
+        (status = 400, description = "An invalid request; `field` names the parameter (`os`, `arch`, `p`, `version`, …).", body = ErrorBody),
+        (status = 404, description = "No such recipe.", body = ErrorBody),
+        (status = 416, description = "The `Range` lies outside the binary.", body = ErrorBody),
+        (status = 422, description = "The build failed (`build_failed`, with `log`) or was cancelled.", body = ErrorBody),
+        (status = 502, description = "The Go module proxy could not be asked for a version.", body = ErrorBody),
+        (status = 503, description = "The database or the object store is unreachable.", body = ErrorBody),
+        (status = 504, description = "The build has not ended in time (`build_pending`); `key` is the build to poll.", body = ErrorBody),
+    )
+)]
 pub async fn compat(
     State(state): State<AppState>,
     RawQuery(q): RawQuery,

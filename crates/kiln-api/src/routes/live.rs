@@ -24,7 +24,8 @@ use kiln_storage::ObjectName;
 use tokio::sync::broadcast;
 
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::openapi::{KeyParam, ObjectHeaders};
 use crate::query::RawQuery as Query;
 use crate::routes::builds::KeyPath;
 use crate::serve::{self, Extra};
@@ -36,7 +37,31 @@ const BATCH: i64 = 500;
 /// Wake at least this often to look again (a safety net under NOTIFY).
 const RECHECK: Duration = Duration::from_secs(15);
 
-/// `GET /api/builds/{key}/log[?follow=1]`.
+/// Read a build's log, or follow it live.
+///
+/// A finished build's log is served from storage (with `ETag` and `Range`);
+/// otherwise the live log is read from the database. With `follow=1` the
+/// answer streams until the build ends.
+#[utoipa::path(
+    get,
+    path = "/api/builds/{key}/log",
+    operation_id = "getLog",
+    tag = "builds",
+    params(
+        KeyParam,
+        ("follow" = Option<bool>, Query, description = "Stream the log until the build ends (`1`; `0`, `false` and `no` turn it off)."),
+        ObjectHeaders,
+    ),
+    responses(
+        (status = 200, description = "The log as text (streamed with `follow`).", content(("text/plain; charset=utf-8"))),
+        (status = 206, description = "The requested `Range` of a stored log.", content(("text/plain; charset=utf-8"))),
+        (status = 304, description = "`If-None-Match` matched the stored log's `ETag`."),
+        (status = 400, description = "A malformed key or query.", body = ErrorBody),
+        (status = 404, description = "No such build.", body = ErrorBody),
+        (status = 416, description = "The `Range` lies outside the stored log.", body = ErrorBody),
+        (status = 503, description = "The database or the object store is unreachable.", body = ErrorBody),
+    )
+)]
 pub async fn log(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
@@ -122,7 +147,30 @@ async fn drained(queue: &Queue, key: &BuildKey, last: i64) -> bool {
     queue.log_after(key, last, 1).await.map(|c| c.is_empty()).unwrap_or(true)
 }
 
-/// `GET /api/builds/{key}/events`: Server-Sent Events.
+/// Follow a build as Server-Sent Events.
+///
+/// Events: `state` (JSON), `step_started` and `step_finished` (JSON), `log` (text),
+/// and, once the build has ended and everything before was sent, one
+/// `result` event carrying the build as JSON, after which the stream ends.
+/// Every event but `result` has an `id`; a client that reconnects with
+/// `Last-Event-ID` (or `?after=`) gets exactly what it missed.
+#[utoipa::path(
+    get,
+    path = "/api/builds/{key}/events",
+    operation_id = "getEvents",
+    tag = "builds",
+    params(
+        KeyParam,
+        ("after" = Option<u64>, Query, description = "Replay events after this id (as `Last-Event-ID`)."),
+        ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "The id of the last event received; the stream resumes after it."),
+    ),
+    responses(
+        (status = 200, description = "The event stream; it ends after the `result` event.", content(("text/event-stream"))),
+        (status = 400, description = "A malformed key, query or `Last-Event-ID`.", body = ErrorBody),
+        (status = 404, description = "No such build.", body = ErrorBody),
+        (status = 503, description = "The database is unreachable.", body = ErrorBody),
+    )
+)]
 pub async fn events(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,

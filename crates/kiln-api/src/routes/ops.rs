@@ -5,14 +5,39 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
+use serde::Serialize;
+#[allow(unused_imports)] // used by the `example`s of the API document
 use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::page;
 use crate::query::RawQuery as Query;
+use crate::views::{RecipeList, RecipeView};
 
-/// `GET /`: the download page, rendered for the query's choices.
+/// The answer of the health and readiness probes.
+#[derive(Serialize, ToSchema)]
+pub struct Status {
+    /// `ok` (alive) or `ready`.
+    status: &'static str,
+}
+
+/// The download page, rendered for the query's choices.
+///
+/// Links may preselect the form with the compat API's parameters
+/// (`recipe`, `os`, `arch`, `arm`, `version`, `p`); a malformed query still
+/// gets the page, with nothing preselected.
+#[utoipa::path(
+    get,
+    path = "/",
+    operation_id = "downloadPage",
+    tag = "operations",
+    responses(
+        (status = 200, description = "One HTML page over the JSON API.", content(("text/html; charset=utf-8"))),
+        (status = 500, description = "The page could not be rendered.", body = ErrorBody),
+    )
+)]
 pub async fn index(State(state): State<AppState>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult<Response> {
     // A malformed query still gets the page, with nothing preselected.
     let q = Query::parse(q.as_deref()).unwrap_or_default();
@@ -47,20 +72,39 @@ pub async fn index(State(state): State<AppState>, RawQuery(q): RawQuery, headers
     Ok(resp)
 }
 
-/// `GET /api/recipes`: the listed recipes, their platforms, versions,
-/// plugin rules and catalogues (unlisted ones answer at `/api/recipes/{name}`).
+/// List the recipes: their platforms, versions, plugin rules and catalogues.
+///
+/// Unlisted recipes (`listed: false`) are left out; they answer at
+/// `/api/recipes/{name}` and still build when a request names them.
+#[utoipa::path(
+    get,
+    path = "/api/recipes",
+    operation_id = "listRecipes",
+    tag = "recipes",
+    responses((status = 200, description = "The farm's listed recipes.", body = RecipeList))
+)]
 pub async fn recipes(State(state): State<AppState>) -> Response {
-    let list: Vec<_> = state
+    let recipes = state
         .config()
         .recipes
         .iter()
         .filter(|(_, r)| r.listed)
-        .map(|(name, r)| crate::routes::recipes::recipe_json(name, r, None))
+        .map(|(name, r)| RecipeView::new(name, r, None))
         .collect();
-    Json(json!({ "recipes": list })).into_response()
+    Json(RecipeList { recipes }).into_response()
 }
 
-/// `GET /api/signing-key`: the minisign public key file.
+/// The farm's minisign public key, as a `.pub` file.
+#[utoipa::path(
+    get,
+    path = "/api/signing-key",
+    operation_id = "signingKey",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The public key file (an untrusted comment line, then the key).", content(("text/plain; charset=utf-8"))),
+        (status = 404, description = "The public key file is not available to the API (`no_signing_key`).", body = ErrorBody),
+    )
+)]
 pub async fn signing_key(State(state): State<AppState>) -> ApiResult<Response> {
     let path = state.config().signing.public_key();
     let text = tokio::fs::read_to_string(&path).await.map_err(|e| {
@@ -73,15 +117,32 @@ pub async fn signing_key(State(state): State<AppState>) -> ApiResult<Response> {
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], key.to_text()).into_response())
 }
 
-/// `GET /healthz`: the process answers.
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    responses((status = 200, description = "Alive.", body = Status, example = json!({"status": "ok"})))
+)]
 pub async fn healthz() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+    Json(Status { status: "ok" }).into_response()
 }
 
-/// `GET /readyz`: the database and the object store are reachable.
+/// Readiness: the database and the object store are reachable.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready.", body = Status, example = json!({"status": "ready"})),
+        (status = 503, description = "Not ready (`not_ready`); the message says what is unreachable.", body = ErrorBody),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> ApiResult<Response> {
     match state.ready().await {
-        Ok(()) => Ok(Json(json!({"status": "ready"})).into_response()),
+        Ok(()) => Ok(Json(Status { status: "ready" }).into_response()),
         Err(why) => {
             tracing::warn!(%why, "not ready");
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why))
@@ -89,7 +150,15 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Response> {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// Metrics in the Prometheus/OpenMetrics text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses((status = 200, description = "Requests, builds by state, waits, the janitor's runs.",
+        content(("application/openmetrics-text; version=1.0.0; charset=utf-8"))))
+)]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     match state.queue().state_counts().await {
         Ok(c) => state.metrics().set_states(&c),

@@ -10,77 +10,76 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use kiln_domain::image_ref::IMAGE_OS;
-use kiln_domain::recipe::VersionSource;
 use kiln_domain::{BuildSpec, ImageName, ModulePath, Recipe, Tag, VersionWanted};
 use kiln_queue::RecipeStats;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::query::RawQuery as Query;
 use crate::routes::builds::prepare;
 use crate::routes::compat::{self, file_name};
-use crate::views::BuildView;
+use crate::views::{BuildView, RecipeView};
 
 /// A recipe as `/api/recipes` lists it; with `stats`, its catalogue carries
 /// each plugin's build count and the recipe its typical build time.
 pub fn recipe_json(name: &str, r: &Recipe, stats: Option<&RecipeStats>) -> Value {
-    let versions = match &r.versions {
-        VersionSource::Static { versions } => {
-            json!({"source": "static", "versions": versions.iter().map(ToString::to_string).collect::<Vec<_>>()})
-        }
-        VersionSource::GoProxy { module } => json!({"source": "go_proxy", "module": module}),
-    };
-    let catalogue: Vec<Value> = r
-        .catalogue
-        .iter()
-        .map(|p| {
-            let mut entry = json!({
-                "module": p.module,
-                "description": p.description,
-                "docs": p.docs,
-                "category": p.category,
-            });
-            if let Some(s) = stats {
-                entry["builds"] = json!(s.plugin_builds.get(p.module.as_str()).copied().unwrap_or(0));
-            }
-            entry
-        })
-        .collect();
-    let mut out = json!({
-        "name": name,
-        "revision": r.revision(),
-        "binary": r.binary,
-        "listed": r.listed,
-        "images": r.oci.is_some(),
-        "platforms": r.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "versions": versions,
-        "plugins": {
-            "allow": r.plugins.allow,
-            "max": r.plugins.max,
-            "versions": r.plugins.versions,
-            "go_proxy": r.plugins.go_proxy,
-            "replacements": r.plugins.replacements,
-        },
-        "catalogue": catalogue,
-    });
-    if let Some(s) = stats {
-        out["typical_secs"] = json!(s.typical_secs.map(f64::round));
-        out["recent_builds"] = json!(s.recent_builds);
-    }
-    out
+    serde_json::to_value(RecipeView::new(name, r, stats)).expect("a recipe view serializes")
 }
 
-/// `GET /api/recipes/{name}`: one recipe, listed or not, with its figures.
+/// The versions of a recipe's product or plugin, newest first.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct VersionList {
+    /// The recipe's name.
+    recipe: String,
+    /// The plugin asked about, if any.
+    module: Option<String>,
+    /// Absolute versions, newest first.
+    versions: Vec<String>,
+    /// The one "latest" resolves to.
+    latest: Option<String>,
+}
+
+/// Read one recipe, listed or not, with its figures.
+#[utoipa::path(
+    get,
+    path = "/api/recipes/{name}",
+    operation_id = "getRecipe",
+    tag = "recipes",
+    params(("name" = String, Path, description = "The recipe's name.")),
+    responses(
+        (status = 200, description = "The recipe, with `typical_secs`, `recent_builds` and each catalogue plugin's `builds`.", body = RecipeView),
+        (status = 400, description = "A malformed recipe name (`invalid_recipe`).", body = ErrorBody),
+        (status = 404, description = "No such recipe (`unknown_recipe`).", body = ErrorBody),
+        (status = 503, description = "The database is unreachable.", body = ErrorBody),
+    )
+)]
 pub async fn recipe(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
     let recipe = state.recipe(&name)?;
     let stats = state.recipe_stats(&name).await?;
     Ok(no_cache(Json(recipe_json(&name, recipe, Some(&stats))).into_response()))
 }
 
-/// `GET /api/recipes/{name}/versions[?module=M]`: the versions of the
-/// product, or of plugin `M`, newest first, and which one "latest" means.
+/// The versions on offer, of the product or of one plugin.
+///
+/// Newest first, and which one "latest" means.
+#[utoipa::path(
+    get,
+    path = "/api/recipes/{name}/versions",
+    operation_id = "listVersions",
+    tag = "recipes",
+    params(
+        ("name" = String, Path, description = "The recipe's name."),
+        ("module" = Option<String>, Query, description = "A plugin's module path; the product's versions when missing."),
+    ),
+    responses(
+        (status = 200, description = "The versions.", body = VersionList),
+        (status = 400, description = "A malformed recipe name, query or module path, or a plugin the recipe does not allow.", body = ErrorBody),
+        (status = 404, description = "No such recipe (`unknown_recipe`).", body = ErrorBody),
+        (status = 502, description = "The Go module proxy could not be asked (`proxy_unreachable`).", body = ErrorBody),
+    )
+)]
 pub async fn versions(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -108,18 +107,40 @@ pub async fn versions(
     let list = state.resolver().offered(recipe, module.as_ref()).await?;
     let latest = kiln_domain::version::choose("version", &list, &VersionWanted::Latest).ok();
     let newest_first: Vec<String> = list.iter().rev().map(ToString::to_string).collect();
-    Ok(Json(json!({
-        "recipe": name,
-        "module": module,
-        "versions": newest_first,
-        "latest": latest.map(|v| v.to_string()),
-    }))
-    .into_response())
+    let module = module.map(|m| m.to_string());
+    Ok(Json(VersionList { recipe: name, module, versions: newest_first, latest: latest.map(|v| v.to_string()) })
+        .into_response())
 }
 
-/// `GET /api/resolve`: the compat API's query, resolved to absolute
-/// versions and a build key without queueing anything; with the build's
-/// state when it exists, and what to expect when it does not.
+/// Resolve a compat query to a build key, without building anything.
+///
+/// The compat API's query, validated and resolved to absolute versions and
+/// a build key like a build request, but never enqueued; with the build's
+/// state and JSON when it exists (`ready` once it has succeeded), its
+/// typical build time, the compat file name and URL, and the image it
+/// would be pulled as.
+#[utoipa::path(
+    get,
+    path = "/api/resolve",
+    operation_id = "resolve",
+    tag = "recipes",
+    params(
+        ("os" = String, Query, description = "Target operating system.", example = "linux"),
+        ("arch" = String, Query, description = "Target architecture.", example = "amd64"),
+        ("arm" = Option<String>, Query, description = "ARM version when `arch` is `arm`."),
+        ("version" = Option<String>, Query, description = "The product's version; latest when missing."),
+        ("p" = Option<Vec<String>>, Query, explode, description = "A plugin, `module[@version]`; repeat for more."),
+        ("r" = Option<Vec<String>>, Query, explode, description = "A replacement, `module=target[@version]`."),
+        ("recipe" = Option<String>, Query, description = "The recipe; `caddy` when missing, if the farm has one."),
+    ),
+    responses(
+        (status = 200, description = "The resolved request: `key`, `recipe`, `version`, `platform`, `os`, `arch`, `arm`, `plugins`, `state`, `ready`, `build`, `typical_secs`, `file_name`, `compat`, `image`.", body = Object),
+        (status = 400, description = "An invalid request; `field` names the parameter.", body = ErrorBody),
+        (status = 404, description = "No such recipe.", body = ErrorBody),
+        (status = 502, description = "The Go module proxy could not be asked for a version.", body = ErrorBody),
+        (status = 503, description = "The database is unreachable.", body = ErrorBody),
+    )
+)]
 pub async fn resolve(State(state): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let q = Query::parse(q.as_deref())?;
     let req = compat::request(&state, &q)?;

@@ -7,6 +7,7 @@ mod e2e;
 mod farm;
 mod go;
 mod inproc;
+mod openapi;
 mod page;
 mod proxy;
 mod startup;
