@@ -116,7 +116,7 @@ impl SigningConfig {
 pub struct ApiConfig {
     /// Address to listen on.
     pub listen: String,
-    /// The URL users reach the API at, for absolute links; derived from the request when unset.
+    /// The URL users reach the API at, for absolute links; links are root-relative paths when unset.
     pub public_url: Option<String>,
     /// Bearer token for admin routes (cancel, retry). Admin routes are off when unset.
     pub admin_token: Option<Secret>,
