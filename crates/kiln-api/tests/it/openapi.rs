@@ -47,3 +47,76 @@ async fn the_served_document_is_the_one_the_code_makes() {
         assert_eq!(links[op]["parameters"]["key"], "$response.body#/key", "{links}");
     }
 }
+
+/// The argument at `index` of the call that starts at `text` (just after
+/// its `(`), when it is a string literal.
+fn literal_arg(text: &str, index: usize) -> Option<String> {
+    let (mut depth, mut arg, mut start, mut in_str, mut escaped) = (0usize, 0usize, 0usize, false, false);
+    for (i, c) in text.char_indices() {
+        if in_str {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_str = true,
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' if depth == 0 => return (arg == index).then(|| unquote(&text[start..i])).flatten(),
+            ')' | ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                if arg == index {
+                    return unquote(&text[start..i]);
+                }
+                arg += 1;
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn unquote(s: &str) -> Option<String> {
+    let s = s.trim();
+    let inner = s.strip_prefix('"')?.strip_suffix('"')?;
+    inner.bytes().all(|b| b.is_ascii_lowercase() || b == b'_').then(|| inner.to_owned())
+}
+
+/// Every error code the API can answer with is in docs/api.md's table.
+#[test]
+fn every_error_code_is_documented() {
+    let root = kiln_testkit::repo_root();
+    let calls = [
+        ("ApiError::new(", 1),
+        ("ApiError::bad_request(", 1),
+        ("ApiError::not_found(", 0),
+        ("ValidationError::new(", 1),
+    ];
+    let mut codes = std::collections::BTreeSet::new();
+    for dir in ["crates/kiln-api/src", "crates/kiln-domain/src"] {
+        let mut stack = vec![root.join(dir)];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    for (call, index) in calls {
+                        for (at, _) in text.match_indices(call) {
+                            codes.extend(literal_arg(&text[at + call.len()..], index));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(codes.len() > 20, "found only {codes:?}");
+    let doc = std::fs::read_to_string(root.join("docs/api.md")).unwrap();
+    let missing: Vec<_> = codes.iter().filter(|c| !doc.contains(&format!("`{c}`"))).collect();
+    assert!(missing.is_empty(), "error codes missing from docs/api.md's table: {missing:?}");
+}
