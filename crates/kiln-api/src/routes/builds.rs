@@ -167,6 +167,27 @@ pub async fn get(State(state): State<AppState>, KeyPath(key): KeyPath, RawQuery(
     Ok(build_response(&state, StatusCode::OK, &build))
 }
 
+/// The answers every admin route may give besides its own.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // a description for the API document, never built
+pub enum AdminErrors<'a> {
+    /// A malformed key.
+    #[response(status = 400)]
+    BadKey(ErrorBody<'a>),
+    /// No `Authorization: Bearer` header.
+    #[response(status = 401, headers(("WWW-Authenticate" = String, description = "`Bearer`")))]
+    Unauthorized(ErrorBody<'a>),
+    /// A wrong token, or admin routes are off (no `api.admin_token`).
+    #[response(status = 403)]
+    Forbidden(ErrorBody<'a>),
+    /// No such build.
+    #[response(status = 404)]
+    UnknownBuild(ErrorBody<'a>),
+    /// The database is unreachable.
+    #[response(status = 503)]
+    Unavailable(ErrorBody<'a>),
+}
+
 /// Check `Authorization: Bearer <api.admin_token>` in constant time.
 fn authorize(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     let Some(token) = state.config().api.admin_token.as_ref().filter(|t| !t.expose().is_empty()) else {
@@ -206,13 +227,8 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     responses(
         (status = 200, description = "Cancelled.", body = BuildView),
         (status = 202, description = "Running: its worker stops it shortly.", body = BuildView),
-        (status = 400, description = "A malformed key.", body = ErrorBody),
-        (status = 401, description = "No `Authorization: Bearer` header.", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 403, description = "A wrong token, or admin routes are off (no `api.admin_token`).", body = ErrorBody),
-        (status = 404, description = "No such build.", body = ErrorBody),
+        AdminErrors,
         (status = 409, description = "The build has already ended (`already_finished`).", body = ErrorBody),
-        (status = 503, description = "The database is unreachable.", body = ErrorBody),
     )
 )]
 pub async fn cancel(State(state): State<AppState>, KeyPath(key): KeyPath, headers: HeaderMap) -> ApiResult<Response> {
@@ -242,13 +258,8 @@ pub async fn cancel(State(state): State<AppState>, KeyPath(key): KeyPath, header
     security(("admin_token" = [])),
     responses(
         (status = 202, description = "Queued again.", body = BuildView),
-        (status = 400, description = "A malformed key.", body = ErrorBody),
-        (status = 401, description = "No `Authorization: Bearer` header.", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 403, description = "A wrong token, or admin routes are off (no `api.admin_token`).", body = ErrorBody),
-        (status = 404, description = "No such build.", body = ErrorBody),
+        AdminErrors,
         (status = 409, description = "The build is queued, running or succeeded (`not_retryable`).", body = ErrorBody),
-        (status = 503, description = "The database is unreachable.", body = ErrorBody),
     )
 )]
 pub async fn retry(State(state): State<AppState>, KeyPath(key): KeyPath, headers: HeaderMap) -> ApiResult<Response> {
