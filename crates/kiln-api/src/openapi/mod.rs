@@ -17,7 +17,7 @@
 
 use std::sync::OnceLock;
 
-use axum::http::{HeaderValue, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::path::{HttpMethod, Operation};
@@ -129,9 +129,7 @@ pub fn document_json() -> &'static str {
     responses((status = 200, description = "This document.", content(("application/json"))))
 )]
 pub async fn openapi_json() -> Response {
-    let mut resp = ([(header::CONTENT_TYPE, "application/json")], document_json()).into_response();
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    resp
+    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache")], document_json()).into_response()
 }
 
 /// The parts no annotation can say once for all operations.

@@ -315,6 +315,18 @@ async fn stored(state: AppState, key: BuildKey, name: ObjectName, f: Fetch) -> A
 /// A handler for one stored object of a succeeded build (`GET` and `HEAD`),
 /// and its entry in the API document.
 macro_rules! stored_object {
+    // `presigned`: may answer `303` to a presigned URL (S3 with `presign`).
+    (
+        $(#[$doc:meta])*
+        $name:ident, $path:tt, $id:tt, $object:expr, $content_type:tt, presigned
+    ) => {
+        stored_object! {
+            $(#[$doc])*
+            $name, $path, $id, $object, $content_type,
+            (status = 303, description = "With S3 storage and `storage.s3.presign`: a presigned URL of the object.",
+                headers(("Location" = String, description = "The presigned URL")))
+        }
+    };
     (
         $(#[$doc:meta])*
         $name:ident, $path:tt, $id:tt, $object:expr, $content_type:tt $(, $extra:tt)*
@@ -356,9 +368,7 @@ macro_rules! stored_object {
 stored_object! {
     /// Download the artifact: the TAR of `out/`, deterministic and signed.
     artifact, "/api/builds/{key}/artifact", "getArtifact", ObjectName::Artifact,
-    "application/x-tar",
-    (status = 303, description = "With S3 storage and `storage.s3.presign`: a presigned URL of the object.",
-        headers(("Location" = String, description = "The presigned URL")))
+    "application/x-tar", presigned
 }
 
 stored_object! {
@@ -373,9 +383,7 @@ stored_object! {
 stored_object! {
     /// Download the recipe's main binary, taken out of the artifact.
     binary, "/api/builds/{key}/binary", "getBinary", ObjectName::Binary,
-    "application/octet-stream",
-    (status = 303, description = "With S3 storage and `storage.s3.presign`: a presigned URL of the object.",
-        headers(("Location" = String, description = "The presigned URL")))
+    "application/octet-stream", presigned
 }
 
 stored_object! {
