@@ -50,3 +50,41 @@ fn the_configuration_reference_names_every_key_and_no_other() {
     let unknown: Vec<_> = documented.iter().filter(|k| !in_example.contains(*k)).collect();
     assert!(unknown.is_empty(), "docs/configuration.md documents keys config.example.yml lacks: {unknown:?}");
 }
+
+/// The field names of `pub struct <name> { … }` in `source`.
+fn fields(source: &str, name: &str) -> Vec<String> {
+    let start = source.find(&format!("pub struct {name} {{")).unwrap_or_else(|| panic!("no struct {name}"));
+    let body = &source[start..];
+    let body = &body[..body.find("\n}").unwrap()];
+    body.lines()
+        .filter_map(|l| l.trim().strip_prefix("pub "))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(f, _)| f.to_owned())
+        .filter(|f| !f.contains(' '))
+        .collect()
+}
+
+#[test]
+fn the_recipe_reference_names_every_recipe_key() {
+    let domain = repo().join("crates/kiln-domain/src");
+    let recipe = std::fs::read_to_string(domain.join("recipe.rs")).unwrap();
+    let oci = std::fs::read_to_string(domain.join("oci.rs")).unwrap();
+    let doc = std::fs::read_to_string(repo().join("docs/recipes.md")).unwrap();
+    let mut missing = Vec::new();
+    for (source, name, prefix) in [
+        (&recipe, "Recipe", ""),
+        (&recipe, "PluginRules", "plugins."),
+        (&recipe, "CacheVolume", "cache."),
+        (&recipe, "Step", ""),
+        (&oci, "OciSpec", "oci."),
+    ] {
+        for f in fields(source, name) {
+            let key = format!("`{prefix}{f}`");
+            // A section is documented by its keys: `versions.source`.
+            if !doc.contains(&key) && !doc.contains(&format!("`{prefix}{f}.")) {
+                missing.push(key);
+            }
+        }
+    }
+    assert!(missing.is_empty(), "docs/recipes.md does not document {missing:?}");
+}

@@ -113,7 +113,7 @@ fn compat_field(mut e: ApiError) -> ApiError {
         ("version" = Option<String>, Query, description = "The product's version; latest when missing."),
         ("p" = Option<Vec<String>>, Query, explode, description = "A plugin, `module[@version]`; repeat for more."),
         ("r" = Option<Vec<String>>, Query, explode, description = "A replacement, `module=target[@version]`, where the recipe allows them."),
-        ("recipe" = Option<String>, Query, description = "The recipe; `caddy` when missing."),
+        ("recipe" = Option<String>, Query, description = "The recipe; `caddy` when missing, if the farm has one (else `400 missing_field`)."),
         ObjectHeaders,
     ),
     responses(
