@@ -85,10 +85,12 @@ def before_load_schema(context, raw_schema):
 
     compat = {"recipe": v["recipe"], "os": v["os"], "arch": v["arch"], "arm": v["arm"], "version": v["version"]}
     plugins = [f"{m}@{pv}" for m in v["module"] for pv in v["plugin_version"]] + v["module"]
-    for operation in raw_schema["paths"]["/api/compat"].values():
+    compat_operations = [op for path in ("/api/compat", "/api/resolve") for op in raw_schema["paths"][path].values()]
+    for operation in compat_operations:
         for param in operation["parameters"]:
-            if param["name"] == "recipe":
-                # Without it the farm looks for `caddy`, which the test farm lacks.
+            if param["name"] in ("recipe", "os", "arch"):
+                # Without `recipe` the farm looks for `caddy`, which the test
+                # farm lacks; without `os` and `arch` (or `platform`) nothing builds.
                 param["required"] = True
             if param["name"] in compat:
                 _enum(param["schema"], compat[param["name"]])

@@ -79,6 +79,37 @@ pub struct ObjectHeaders {
     if_range: Option<String>,
 }
 
+/// The compat API's query, as `/api/compat` and `/api/resolve` take it.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct CompatParams {
+    /// Target operating system (or give `platform`).
+    #[param(nullable = false, example = "linux")]
+    os: Option<String>,
+    /// Target architecture.
+    #[param(nullable = false, example = "amd64")]
+    arch: Option<String>,
+    /// The ARM version when `arch` is `arm`.
+    #[param(nullable = false)]
+    arm: Option<String>,
+    /// `os/arch[/arm]`, used when `os` is absent (the download page's form).
+    #[param(nullable = false)]
+    platform: Option<String>,
+    /// The product's version; latest when missing.
+    #[param(nullable = false)]
+    version: Option<String>,
+    /// A plugin, `module[@version]`; repeat for more.
+    #[param(nullable = false, explode)]
+    p: Option<Vec<String>>,
+    /// A replacement, `module=target[@version]`, where the recipe allows them; repeat for more.
+    #[param(nullable = false, explode)]
+    r: Option<Vec<String>>,
+    /// The recipe; `caddy` when missing, if the farm has one (else `400 missing_field`).
+    #[param(nullable = false)]
+    recipe: Option<String>,
+}
+
 /// Every documented route of the API, and nothing else.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())

@@ -32,7 +32,7 @@ use kiln_storage::ObjectName;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::openapi::ObjectHeaders;
+use crate::openapi::{CompatParams, ObjectHeaders};
 use crate::query::RawQuery as Query;
 use crate::resolved::Resolved;
 use crate::routes::builds::{failed, prepare_until};
@@ -106,16 +106,7 @@ fn compat_field(mut e: ApiError) -> ApiError {
     path = "/api/compat",
     operation_id = "compat",
     tag = "compat",
-    params(
-        ("os" = String, Query, description = "Target operating system.", example = "linux"),
-        ("arch" = String, Query, description = "Target architecture.", example = "amd64"),
-        ("arm" = Option<String>, Query, description = "ARM version when `arch` is `arm`."),
-        ("version" = Option<String>, Query, description = "The product's version; latest when missing."),
-        ("p" = Option<Vec<String>>, Query, explode, description = "A plugin, `module[@version]`; repeat for more."),
-        ("r" = Option<Vec<String>>, Query, explode, description = "A replacement, `module=target[@version]`, where the recipe allows them."),
-        ("recipe" = Option<String>, Query, description = "The recipe; `caddy` when missing, if the farm has one (else `400 missing_field`)."),
-        ObjectHeaders,
-    ),
+    params(CompatParams, ObjectHeaders),
     responses(
         (status = 200, description = "The binary.", content(("application/octet-stream")),
             headers(

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::openapi::CompatParams;
 use crate::query::RawQuery as Query;
 use crate::routes::builds::prepare;
 use crate::routes::compat::{self, file_name};
@@ -124,15 +125,7 @@ pub async fn versions(
     path = "/api/resolve",
     operation_id = "resolve",
     tag = "recipes",
-    params(
-        ("os" = String, Query, description = "Target operating system.", example = "linux"),
-        ("arch" = String, Query, description = "Target architecture.", example = "amd64"),
-        ("arm" = Option<String>, Query, description = "ARM version when `arch` is `arm`."),
-        ("version" = Option<String>, Query, description = "The product's version; latest when missing."),
-        ("p" = Option<Vec<String>>, Query, explode, description = "A plugin, `module[@version]`; repeat for more."),
-        ("r" = Option<Vec<String>>, Query, explode, description = "A replacement, `module=target[@version]`."),
-        ("recipe" = Option<String>, Query, description = "The recipe; `caddy` when missing, if the farm has one."),
-    ),
+    params(CompatParams),
     responses(
         (status = 200, description = "The resolved request: `key`, `recipe`, `version`, `platform`, `os`, `arch`, `arm`, `plugins`, `state`, `ready`, `build`, `typical_secs`, `file_name`, `compat`, `image`.", body = Object),
         (status = 400, description = "An invalid request; `field` names the parameter.", body = ErrorBody),
