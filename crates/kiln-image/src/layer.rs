@@ -123,8 +123,8 @@ mod tests {
         let text: Vec<u8> = (0..20_000u32).flat_map(|i| format!("line {i} of a pinned layer\n").into_bytes()).collect();
         w.file("data.txt", 0o644, text.len() as u64, &text[..]).unwrap();
         let (_, l) = w.finish(true).unwrap();
-        assert_eq!(l.diff_id.as_str(), "sha256:896c11e655d82da2b3ce5925b5bb661442dde36208a727dee5e6fce294b4e7ee");
-        assert_eq!(l.digest.as_str(), "sha256:0c5ee22a5f3bd32ce860c63296fcc08bc60f43462ed8db146f94f4a616fc86cd");
+        assert_eq!(l.diff_id.as_str(), "sha256:78136f332611d21f89165275fcc8095efce47a8bcf01fc2fde2bd9eb5576ef69");
+        assert_eq!(l.digest.as_str(), "sha256:c4956c6d568747b5974aaffa545d4476a50fa482179d5906b2800ec0b83b1d23");
     }
 
     #[test]

@@ -53,7 +53,7 @@ fn the_hello_image_runs_the_binary_from_usr_bin() {
     assert_eq!(OciDigest::of(&blob), record.layers[0].digest);
     let entries = layer_entries(&blob);
     let names: Vec<_> = entries.iter().map(|(n, k, m, _)| (n.as_str(), *k, *m)).collect();
-    assert_eq!(names, [("usr/", '5', 0o755), ("usr/bin/", '5', 0o755), ("usr/bin/hello", '0', 0o755)]);
+    assert_eq!(names, [("usr", '5', 0o755), ("usr/bin", '5', 0o755), ("usr/bin/hello", '0', 0o755)]);
     assert!(String::from_utf8_lossy(&entries[2].3).contains("hello from kiln v1.0.0 linux/amd64"));
 
     let config = json_of(&made.image.config);
@@ -164,15 +164,15 @@ fn files_ports_env_user_and_workdir_go_where_the_recipe_says() {
     assert_eq!(
         entries,
         [
-            expect("etc/", '5', "755", 0),
-            expect("etc/caddy/", '5', "755", 0),
+            expect("etc", '5', "755", 0),
+            expect("etc/caddy", '5', "755", 0),
             expect("etc/caddy/Caddyfile", '0', "640", 8),
-            expect("etc/ssl/", '5', "755", 0),
-            expect("etc/ssl/certs/", '5', "755", 0),
+            expect("etc/ssl", '5', "755", 0),
+            expect("etc/ssl/certs", '5', "755", 0),
             expect("etc/ssl/certs/ca-certificates.crt", '0', "644", 28),
-            expect("srv/", '5', "755", 0),
-            expect("usr/", '5', "755", 0),
-            expect("usr/bin/", '5', "755", 0),
+            expect("srv", '5', "755", 0),
+            expect("usr", '5', "755", 0),
+            expect("usr/bin", '5', "755", 0),
             expect("usr/bin/caddy", '0', "755", 21),
         ]
     );
@@ -335,7 +335,7 @@ fn the_archive_is_an_oci_layout_with_a_docker_manifest_beside_it() {
     let record = &made.image.record;
     let mut blobs: Vec<String> = record.blobs().iter().map(|d| format!("blobs/sha256/{}", d.hex())).collect();
     blobs.sort();
-    let mut expected = vec!["blobs/".to_owned(), "blobs/sha256/".to_owned()];
+    let mut expected = vec!["blobs".to_owned(), "blobs/sha256".to_owned()];
     expected.extend(blobs);
     expected.extend(["index.json", "manifest.json", "oci-layout"].map(String::from));
     assert_eq!(order, expected);
