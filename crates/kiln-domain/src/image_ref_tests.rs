@@ -2,13 +2,10 @@
 
 use super::*;
 use crate::PluginSpec;
-use crate::recipe::{PluginRules, VersionSource};
+use crate::recipe::PluginRules;
 
 fn recipe() -> Recipe {
     Recipe {
-        image: "img".into(),
-        pull: false,
-        versions: VersionSource::Static { versions: vec!["v1.0.0".parse().unwrap()] },
         plugins: PluginRules {
             allow: vec!["example.com/*".into(), "github.com/caddy-dns/*".into()],
             max: 3,
@@ -18,14 +15,8 @@ fn recipe() -> Recipe {
             .iter()
             .map(|p| p.parse().unwrap())
             .collect(),
-        binary: "hello".into(),
-        vars: Default::default(),
-        steps: vec![],
-        cache: None,
-        artifact_ttl_secs: None,
         oci: Some(Default::default()),
-        listed: true,
-        catalogue: vec![],
+        ..crate::recipe::test_recipe()
     }
 }
 

@@ -145,27 +145,34 @@ impl Recipe {
     }
 }
 
+/// The smallest valid recipe, for the crate's tests to adjust: one static
+/// version, `linux/amd64`, binary `hello`, no steps, no plugins allowed.
+#[cfg(test)]
+pub(crate) fn test_recipe() -> Recipe {
+    Recipe {
+        image: "img".into(),
+        pull: false,
+        versions: VersionSource::Static { versions: vec!["v1.0.0".parse().unwrap()] },
+        plugins: PluginRules::default(),
+        platforms: vec!["linux/amd64".parse().unwrap()],
+        binary: "hello".into(),
+        vars: Default::default(),
+        steps: vec![],
+        cache: None,
+        artifact_ttl_secs: None,
+        oci: None,
+        listed: true,
+        catalogue: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn an_unset_oci_section_leaves_the_revision_alone() {
-        let mut recipe = Recipe {
-            image: "img".into(),
-            pull: false,
-            versions: VersionSource::Static { versions: vec!["v1.0.0".parse().unwrap()] },
-            plugins: PluginRules::default(),
-            platforms: vec!["linux/amd64".parse().unwrap()],
-            binary: "hello".into(),
-            vars: Default::default(),
-            steps: vec![],
-            cache: None,
-            artifact_ttl_secs: None,
-            oci: None,
-            listed: true,
-            catalogue: vec![],
-        };
+        let mut recipe = test_recipe();
         let json = serde_json::to_string(&recipe).unwrap();
         assert!(!json.contains("oci"), "{json}");
         let before = recipe.revision();

@@ -278,23 +278,13 @@ impl BuildSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recipe::{PluginRules, VersionSource};
+    use crate::recipe::PluginRules;
 
     fn recipe() -> Recipe {
         Recipe {
-            image: "img".into(),
-            pull: false,
-            versions: VersionSource::Static { versions: vec!["v1.0.0".parse().unwrap()] },
             plugins: PluginRules { allow: vec!["example.com/*".into()], max: 4, ..Default::default() },
             platforms: vec!["linux/amd64".parse().unwrap(), "linux/arm/7".parse().unwrap()],
-            binary: "hello".into(),
-            vars: Default::default(),
-            steps: vec![],
-            cache: None,
-            artifact_ttl_secs: None,
-            oci: None,
-            listed: true,
-            catalogue: vec![],
+            ..crate::recipe::test_recipe()
         }
     }
 

@@ -1,7 +1,7 @@
 //! Crafted queue rows for tests of the queue and the janitor.
 
 use kiln_domain::{BuildKey, BuildManifest, BuildSpec, BuildState, Version};
-use kiln_queue::Queue;
+use kiln_queue::{Queue, QueueSettings};
 
 use crate::TestDb;
 
@@ -13,6 +13,25 @@ pub fn spec(recipe: &str, n: u64) -> BuildSpec {
         version: Version::parse("version", &format!("v1.0.{n}")).expect("a valid version"),
         platform: "linux/amd64".parse().expect("a valid platform"),
         plugins: vec![],
+        replacements: vec![],
+    }
+}
+
+/// A resolved linux/amd64 spec of the configured `recipe` with pinned
+/// `(module, version)` plugins, as the API would make it.
+pub fn recipe_spec(name: &str, recipe: &kiln_domain::Recipe, version: &str, plugins: &[(&str, &str)]) -> BuildSpec {
+    BuildSpec {
+        recipe: name.into(),
+        recipe_revision: recipe.revision(),
+        version: Version::parse("version", version).expect("a valid version"),
+        platform: "linux/amd64".parse().expect("a valid platform"),
+        plugins: plugins
+            .iter()
+            .map(|(m, v)| kiln_domain::PluginSpec {
+                module: kiln_domain::ModulePath::parse("module", m).expect("a valid module path"),
+                version: Version::parse("version", v).expect("a valid version"),
+            })
+            .collect(),
         replacements: vec![],
     }
 }
@@ -77,4 +96,18 @@ pub async fn finished(db: &TestDb, queue: &Queue, recipe: &str, n: u64, state: B
         sqlx::query(sql).bind(key.as_str()).bind(hours_ago as i32).execute(db.pool()).await.expect("age the build");
     }
     key
+}
+
+/// Queue settings with round numbers for tests: a 30 s lease, three
+/// attempts, five preemptions, back-off from a minute to ten, and failed
+/// builds kept for `failure_ttl`.
+pub fn queue_settings(failure_ttl: std::time::Duration) -> QueueSettings {
+    QueueSettings {
+        lease: std::time::Duration::from_secs(30),
+        max_attempts: 3,
+        max_preemptions: 5,
+        backoff_base: std::time::Duration::from_secs(60),
+        backoff_max: std::time::Duration::from_secs(600),
+        failure_ttl,
+    }
 }

@@ -221,17 +221,7 @@ fn tar(dir: &Path) -> Result<()> {
 /// The kilnd builds: cold, warm (alternating with the hand-run ones), hit.
 async fn bench_kilnd(config: &Config, kiln: &mut Kiln, proxy: &GoProxy, data: &Path) -> Result<()> {
     let recipe = &config.recipes["kilnd"];
-    let spec = |plugins: &[(&str, &str)]| BuildSpec {
-        recipe: "kilnd".into(),
-        recipe_revision: recipe.revision(),
-        version: "v1.1.0".parse().unwrap(),
-        platform: "linux/amd64".parse().unwrap(),
-        plugins: plugins
-            .iter()
-            .map(|(m, v)| PluginSpec { module: ModulePath::parse("m", m).unwrap(), version: v.parse().unwrap() })
-            .collect(),
-        replacements: vec![],
-    };
+    let spec = |plugins: &[(&str, &str)]| kiln_testkit::rows::recipe_spec("kilnd", recipe, "v1.1.0", plugins);
     let first = spec(&[("example.com/plugins/echo", "v1.0.0")]);
     let warm_sets = [
         spec(&[("example.com/plugins/greet", "v1.1.0")]),

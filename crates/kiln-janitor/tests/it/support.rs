@@ -17,14 +17,7 @@ pub const HOUR: Duration = Duration::from_secs(3600);
 pub const PATIENCE: Duration = Duration::from_secs(180);
 
 pub fn queue_settings() -> QueueSettings {
-    QueueSettings {
-        lease: Duration::from_secs(30),
-        max_attempts: 3,
-        max_preemptions: 5,
-        backoff_base: Duration::from_secs(60),
-        backoff_max: Duration::from_secs(600),
-        failure_ttl: 10 * HOUR,
-    }
+    kiln_testkit::rows::queue_settings(10 * HOUR)
 }
 
 /// Settings with round ages: artifacts live a day (recipe `short`: two

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use kiln_artifact::PublicKey;
 use kiln_config::Config;
-use kiln_domain::{BuildKey, BuildSpec, ModulePath, PluginSpec};
+use kiln_domain::{BuildKey, BuildSpec};
 use kiln_queue::{Build, Queue, QueueSettings, priority};
 use kiln_storage::{ObjectKey, ObjectName, Storage};
 use kiln_testkit::TestDb;
@@ -81,18 +81,7 @@ impl Farm {
 
     /// A resolved spec for `recipe` as this farm's configuration defines it.
     pub fn spec(&self, recipe: &str, version: &str, plugins: &[(&str, &str)]) -> BuildSpec {
-        let r = &self.config.recipes[recipe];
-        BuildSpec {
-            recipe: recipe.into(),
-            recipe_revision: r.revision(),
-            version: version.parse().unwrap(),
-            platform: "linux/amd64".parse().unwrap(),
-            plugins: plugins
-                .iter()
-                .map(|(m, v)| PluginSpec { module: ModulePath::parse("m", m).unwrap(), version: v.parse().unwrap() })
-                .collect(),
-            replacements: vec![],
-        }
+        kiln_testkit::rows::recipe_spec(recipe, &self.config.recipes[recipe], version, plugins)
     }
 
     pub async fn enqueue(&self, spec: &BuildSpec) -> BuildKey {
