@@ -18,10 +18,10 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{BuildKey, BuildSpec, Platform, PluginSpec, Replacement, ValidationError, Version};
+use crate::{BuildKey, BuildSpec, OciDigest, Platform, PluginSpec, Replacement, ValidationError, Version};
 
-/// The schema version this crate writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema version this crate writes. 2 added `oci_image`.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Manifests stored before `schema_version` existed have version 1's shape.
 fn legacy_schema() -> u32 {
@@ -68,9 +68,33 @@ pub struct BuildManifest {
     pub signature: SignatureRecord,
     /// `log.txt`.
     pub log: LogRecord,
+    /// The OCI image the build made (schema 2; linux builds of recipes with
+    /// an `oci` section only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci_image: Option<OciImageRecord>,
     /// Top-level fields of a newer schema, kept as they are.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The OCI image a build made: its platform manifest and what it names,
+/// each blob stored as `blobs/sha256/<hex>`, and the manifest's signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OciImageRecord {
+    /// The manifest's media type (OCI's image manifest).
+    pub media_type: String,
+    /// The digest of the manifest's stored bytes: what `name@digest` pulls.
+    pub manifest_digest: OciDigest,
+    /// The manifest's length in bytes.
+    pub manifest_size: u64,
+    pub config_digest: OciDigest,
+    /// The layers, bottom first (the base's, then the build's own).
+    pub layers: Vec<OciDigest>,
+    /// The config's and the layers' bytes together, as pulled.
+    pub size: u64,
+    /// `image.minisig`: the manifest's signature, whose trusted comment is
+    /// `kiln image <key> <platform> sha256:<manifest>`.
+    pub signature: SignatureRecord,
 }
 
 /// The Docker image a build's steps ran in.
@@ -234,6 +258,7 @@ mod tests {
         assert_eq!(m.binary.name, "hello");
         assert_eq!(m.platform.arm, Some(7));
         assert_eq!(m.request.key().as_str().len(), 64);
+        assert_eq!(m.oci_image, None);
         let mut again = serde_json::to_value(&m).unwrap();
         assert_eq!(again.as_object_mut().unwrap().remove("schema_version"), Some(json!(1)));
         assert_eq!(again, legacy());
@@ -251,6 +276,27 @@ mod tests {
         let passed_on = serde_json::to_value(&m).unwrap();
         assert_eq!(passed_on["oci"], newer["oci"]);
         assert_eq!(passed_on["schema_version"], 2);
+    }
+
+    #[test]
+    fn an_image_record_round_trips() {
+        let d = |b: &[u8]| OciDigest::of(b);
+        let mut v = legacy();
+        v["schema_version"] = json!(SCHEMA_VERSION);
+        v["oci_image"] = json!({
+            "media_type": "application/vnd.oci.image.manifest.v1+json",
+            "manifest_digest": d(b"m"), "manifest_size": 400, "config_digest": d(b"c"),
+            "layers": [d(b"l1"), d(b"l2")], "size": 1234,
+            "signature": {"name": "image.minisig", "key_id": "0123456789ABCDEF", "trusted_comment": "kiln image x"},
+        });
+        let m: BuildManifest = serde_json::from_value(v.clone()).unwrap();
+        let image = m.oci_image.as_ref().unwrap();
+        assert_eq!(image.manifest_digest, d(b"m"));
+        assert_eq!(image.layers.len(), 2);
+        assert!(m.extra.is_empty());
+        assert_eq!(serde_json::to_value(&m).unwrap(), v);
+        v["oci_image"]["manifest_digest"] = json!("sha256:nothex");
+        assert!(serde_json::from_value::<BuildManifest>(v).is_err());
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! Callers never spell an object key. They name a build by a validated
 //! [`kiln_domain::BuildKey`] and an object by the closed set [`ObjectName`];
 //! the storage layer alone joins them into `[prefix/]<key>/<file name>`, so
-//! nothing a user sends can reach a path or an object key. Text that comes
+//! nothing a user sends can reach a path or an object key. The shared objects
+//! of images are named by a validated [`kiln_domain::OciDigest`] alone:
+//! `blobs/sha256/<hex>` ([`ObjectKey::blob`]), `indexes/<hex>`
+//! ([`ObjectKey::index`]) and `bases/<hex>.json` ([`ObjectKey::base`]). Text that comes
 //! from outside goes through [`ObjectKey::parse`], which refuses anything but
 //! a well-formed key before any I/O.
 //!

@@ -232,7 +232,7 @@ impl Storage {
     /// The file that holds the object `key` on local storage (`None` on S3),
     /// for a caller that sends it with the kernel's help (`sendfile`).
     pub fn local_path(&self, key: &ObjectKey) -> Option<PathBuf> {
-        self.local_root.as_ref().map(|root| root.join(key.build().as_str()).join(key.name().file_name()))
+        self.local_root.as_ref().map(|root| key.segments().iter().fold(root.clone(), |p, s| p.join(s)))
     }
 
     /// Whether [`presigned_get`](Self::presigned_get) can work (S3 only).
@@ -240,9 +240,10 @@ impl Storage {
         self.s3.is_some()
     }
 
-    /// The one place object keys are made: `[prefix/]<build key>/<file name>`.
+    /// The one place object keys are made: `[prefix/]<build key>/<file name>`,
+    /// or `[prefix/]blobs/sha256/<hex>` and the like for shared objects.
     fn path(&self, key: &ObjectKey) -> StorePath {
-        self.build_prefix(key.build()).child(key.name().file_name())
+        key.segments().into_iter().fold(self.prefix.clone(), |p, s| p.child(s))
     }
 
     fn build_prefix(&self, build: &BuildKey) -> StorePath {

@@ -163,6 +163,14 @@ impl Engine {
         Ok(image_info(image, self.docker.inspect_image(image).await?))
     }
 
+    /// `docker save` of one image (by name or id), as a stream.
+    pub(crate) fn export_image(
+        &self,
+        image: &str,
+    ) -> impl futures::Stream<Item = Result<bytes::Bytes, bollard::errors::Error>> + use<> {
+        self.docker.export_image(image)
+    }
+
     /// Make the root of a recipe's cache volume belong to the step user.
     ///
     /// Docker creates a named volume owned by root unless the image has the

@@ -34,6 +34,7 @@ use crate::control::{JobControl, StopReason};
 use crate::docker::{BuildNetwork, ContainerSpec, Engine, ImageInfo, LABEL_BUILD, LABEL_STEP, LABEL_WORKER};
 use crate::failure::{self, Failure, io_failure};
 use crate::fence::{self, Renewal};
+use crate::image;
 use crate::log::{self, LogRecord, TailBuffer};
 use crate::manifest::{self, Facts};
 use crate::render::{self, RenderedStep};
@@ -129,6 +130,8 @@ struct Built {
     signature: String,
     binary_path: PathBuf,
     binary: FileRecord,
+    /// The build's OCI image, when its recipe makes one.
+    oci: Option<image::Made>,
     started_at: DateTime<Utc>,
     steps_finished_at: DateTime<Utc>,
 }
@@ -247,7 +250,11 @@ impl Attempt<'_> {
         ))
         .await;
         let binary = FileRecord { name: binary_name, size: binary_size, sha256: manifest::digest(&binary_sha256)? };
-        Ok(Built { dir, image, packed, tar, signature, binary_path, binary, started_at, steps_finished_at })
+        let oci = image::make(self.ctx, self.key(), &recipe, &spec, dir.root(), &tar).await?;
+        if let Some(made) = &oci {
+            self.say(&format!("==> image: manifest {}\n", made.record.manifest_digest)).await;
+        }
+        Ok(Built { dir, image, packed, tar, signature, binary_path, binary, oci, started_at, steps_finished_at })
     }
 
     async fn run_step(
@@ -356,7 +363,11 @@ impl Attempt<'_> {
             steps_finished_at: built.steps_finished_at,
             log: (log_size, manifest::digest(&log_sha256)?, record.dropped),
         };
-        let manifest = manifest::manifest(self.ctx, self.claim, facts)?;
+        if let Some(made) = &built.oci {
+            image::publish(storage, &key, made).await?;
+        }
+        let mut manifest = manifest::manifest(self.ctx, self.claim, facts)?;
+        manifest.oci_image = built.oci.map(|made| made.record);
         let text = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
         storage.put_bytes(&object(ObjectName::Manifest), text).await?;
         built.dir.remove().await;

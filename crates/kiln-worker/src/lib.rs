@@ -5,7 +5,8 @@
 //!   with its parts: `fence` (the lease: renewal, and the fence before any
 //!   upload), `failure` (build failures vs infrastructure failures),
 //!   `workdir` (the per-attempt directory mounted at `/work`), `manifest`
-//!   (the `build.json` it records), `control` (stopping a job from outside).
+//!   (the `build.json` it records), `control` (stopping a job from outside),
+//!   `image` (the build's OCI image: made, signed and uploaded with it).
 //! - [`render`]: a recipe's step templates rendered for one build (pure).
 //! - [`docker`]: one step in a fresh, locked-down container.
 //! - `log`: the live log, batched into Postgres and kept for `log.txt`.
@@ -18,6 +19,7 @@ mod control;
 pub mod docker;
 mod failure;
 mod fence;
+mod image;
 mod job;
 mod log;
 mod manifest;

@@ -102,6 +102,7 @@ pub(crate) fn manifest(ctx: &JobContext, claim: &Claim, facts: Facts<'_>) -> Res
             sha256: log_sha256,
             dropped_bytes,
         },
+        oci_image: None,
         extra: Default::default(),
     })
 }

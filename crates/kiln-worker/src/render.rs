@@ -168,6 +168,17 @@ pub(crate) fn render_step(recipe_name: &str, step: &Step, params: &Params) -> Re
     })
 }
 
+/// Render one text of a recipe outside its steps (`part` names it in
+/// errors, e.g. `oci.base`) with the same values steps see.
+pub(crate) fn render_text(recipe_name: &str, part: &str, text: &str, params: &Params) -> Result<String, RenderError> {
+    environment().render_str(text, params.context()).map_err(|e| RenderError {
+        recipe: recipe_name.to_owned(),
+        step: "image".to_owned(),
+        part: part.to_owned(),
+        message: e.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -176,7 +176,7 @@ pub async fn concurrent_writers_leave_one_complete_object(f: &Fixture) {
         }
         let got = s.get_bytes(&key).await.unwrap();
         assert!(got == one || got == two, "a mix of two writers: {} bytes", got.len());
-        assert_eq!(s.list(key.build()).await.unwrap().len(), 1);
+        assert_eq!(s.list(key.build().unwrap()).await.unwrap().len(), 1);
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod build;
 mod farm;
+mod image;
 mod isolation;
 mod network;
 mod preemption;
