@@ -18,6 +18,8 @@
 //!   large local ones with `sendfile` (`zerocopy`);
 //! - `resolved`: compat query strings already resolved, until they expire;
 //! - `query`: raw query strings (repeated keys, non-UTF-8 refused);
+//! - `registry`: the OCI registry pull API under `/v2/` (images built on
+//!   demand), outside the OpenAPI document;
 //! - `error`: the one error type and its Caddy-compatible JSON;
 //! - [`openapi`]: the route list and the OpenAPI document made from it
 //!   (public, so tests and tools can read the document);
@@ -29,6 +31,7 @@ mod middleware;
 pub mod openapi;
 mod page;
 mod query;
+mod registry;
 mod resolve;
 mod resolved;
 mod routes;
@@ -56,14 +59,15 @@ use routes::ops;
 /// How long open requests may go on after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// The API's router: every documented route ([`openapi::router`]) and the
-/// JSON answers for unknown routes and methods. No server-wide timeout:
+/// The API's router: every documented route ([`openapi::router`]), the OCI
+/// registry under `/v2/`, and the JSON answers for unknown routes and methods. No server-wide timeout:
 /// compat requests wait for builds and downloads may be slow; each wait has
 /// its own limit.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config().api.max_body_bytes;
     let (router, _document) = openapi::router().split_for_parts();
     router
+        .merge(registry::router(state.clone()))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

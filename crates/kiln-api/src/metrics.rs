@@ -4,6 +4,11 @@
 //! - `kiln_builds{state}` and `kiln_queue_depth`: read from the database at scrape time;
 //! - `kiln_wait_seconds{kind}`: how long compat requests and long-polls waited;
 //! - `kiln_waiting{kind}`: compat requests and long-polls waiting right now;
+//! - `kiln_registry_requests_total{kind, method, status}`: answers of the
+//!   registry under `/v2/` (`kind`: `manifest`, `blob` or `base`);
+//! - `kiln_registry_pulls_total{outcome}`: manifest requests by outcome
+//!   (`served`, `build_failed`, `pending`, `refused`, `error`);
+//! - `kiln_registry_blob_bytes_total`: blob bytes sent (`307`s not counted);
 //! - `kiln_build_duration_seconds{recipe, state}`: start to end of builds
 //!   that ended while this API process was up (seen through `NOTIFY`);
 //! - `kiln_janitor_changes{task, janitor, what}`, `kiln_janitor_runs{…}`,
@@ -36,6 +41,9 @@ pub struct Metrics {
     janitor_runs: Family<Labels, Gauge<i64, AtomicI64>>,
     janitor_failures: Family<Labels, Gauge<i64, AtomicI64>>,
     janitor_last_run: Family<Labels, Gauge<i64, AtomicI64>>,
+    registry_requests: Family<Labels, Counter>,
+    registry_pulls: Family<Labels, Counter>,
+    registry_blob_bytes: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -79,6 +87,12 @@ impl Metrics {
             "kiln_janitor_last_run_timestamp_seconds",
             "When a janitor task last finished (Unix time)",
         );
+        let registry_requests = Family::<Labels, Counter>::default();
+        registry.register("kiln_registry_requests", "Registry (/v2/) requests answered", registry_requests.clone());
+        let registry_pulls = Family::<Labels, Counter>::default();
+        registry.register("kiln_registry_pulls", "Registry manifest requests by outcome", registry_pulls.clone());
+        let registry_blob_bytes = Counter::default();
+        registry.register("kiln_registry_blob_bytes", "Blob bytes the registry sent", registry_blob_bytes.clone());
         Self {
             registry,
             requests,
@@ -91,7 +105,28 @@ impl Metrics {
             janitor_runs,
             janitor_failures,
             janitor_last_run,
+            registry_requests,
+            registry_pulls,
+            registry_blob_bytes,
         }
+    }
+
+    pub fn registry_request(&self, kind: &str, method: &str, status: u16) {
+        self.registry_requests
+            .get_or_create(&vec![
+                ("kind", kind.to_owned()),
+                ("method", method.to_owned()),
+                ("status", status.to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn registry_pull(&self, outcome: &str) {
+        self.registry_pulls.get_or_create(&vec![("outcome", outcome.to_owned())]).inc();
+    }
+
+    pub fn registry_blob_bytes(&self, bytes: u64) {
+        self.registry_blob_bytes.inc_by(bytes);
     }
 
     pub fn request(&self, route: &str, method: &str, status: u16) {

@@ -178,7 +178,7 @@ fn gone(e: ApiError, build: &Build, name: ObjectName) -> ApiError {
     }
 }
 
-fn presigning(state: &AppState) -> bool {
+pub fn presigning(state: &AppState) -> bool {
     state.storage().kind() == StorageKind::S3
         && state.storage().can_presign()
         && state.config().storage.s3.as_ref().is_some_and(|s| s.presign)
@@ -230,13 +230,15 @@ pub fn etag_list_matches(list: &str, etag: &str) -> bool {
     list.split(',').any(|t| t.trim() == "*" || bare(t) == mine)
 }
 
-enum RangeWanted {
+/// What a request's `Range` (and `If-Range`) asks of an object.
+pub enum RangeWanted {
     Whole,
     Part(std::ops::Range<u64>),
     Unsatisfiable,
 }
 
-fn wanted_range(headers: &HeaderMap, etag: &str, size: u64) -> RangeWanted {
+/// The range a request wants of an object of `size` bytes whose ETag is `etag`.
+pub fn wanted_range(headers: &HeaderMap, etag: &str, size: u64) -> RangeWanted {
     let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
         return RangeWanted::Whole;
     };

@@ -20,13 +20,14 @@
 //! (`Cache-Control: public, max-age=<seconds left>`): unlike a build's own
 //! URLs, a compat URL's answer changes when a new version comes out.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use kiln_domain::request::ReplacementRequest;
-use kiln_domain::{BuildRequest, BuildState, PluginRequest};
+use kiln_domain::{BuildKey, BuildRequest, BuildSpec, BuildState, PluginRequest};
 use kiln_queue::{Build, priority};
 use kiln_storage::ObjectName;
 
@@ -136,31 +137,8 @@ pub async fn compat(
     };
     let key = &resolved.key;
 
-    // A cache hit: no parsing or hashing (the resolution is remembered), and
-    // one indexed lookup of the build (or none while it is hot).
-    let build = match state.lookup(key).await? {
-        Some(b) if b.state == BuildState::Succeeded => b,
-        _ => {
-            let enqueued = state.queue().enqueue(&resolved.spec, priority::INTERACTIVE).await?;
-            let build = enqueued.build;
-            tracing::debug!(build = %key, outcome = ?enqueued.outcome, state = %build.state, "compat request");
-            if build.state.is_final() {
-                std::sync::Arc::new(build)
-            } else {
-                let started = Instant::now();
-                let timeout = Duration::from_secs(state.config().api.compat_timeout_secs);
-                let waiting = state.metrics().waiting("compat");
-                let waited = wait_for(&state, key, timeout, BuildState::is_final).await?;
-                drop(waiting);
-                state.metrics().waited("compat", started.elapsed().as_secs_f64());
-                match waited {
-                    Waited::Done(b) => b,
-                    Waited::TimedOut(b) => return Err(timed_out(&state, &b, timeout)),
-                    Waited::Stopped(_) => return Err(ApiError::shutting_down().with_key(key)),
-                }
-            }
-        }
-    };
+    // A cache hit: no parsing or hashing (the resolution is remembered).
+    let build = ended_build(&state, &resolved.spec, key, "compat").await?;
     match build.state {
         BuildState::Succeeded => {}
         BuildState::Failed => return Err(failed(&state, &build)),
@@ -186,8 +164,45 @@ pub async fn compat(
     serve::object(&state, &build, ObjectName::Binary, &method, &headers, extra).await
 }
 
+/// The build of `spec` once it has ended (succeeded, failed or cancelled):
+/// at once when it has, else enqueued (identical requests share one build)
+/// and waited for, up to `api.compat_timeout_secs` (`504 build_pending`
+/// then; `503 shutting_down` when the server stops meanwhile). `kind` names
+/// the waiters in the metrics (`compat`, `registry`).
+/// `key` is `spec`'s (passed in, as callers have it already).
+pub async fn ended_build(
+    state: &AppState,
+    spec: &BuildSpec,
+    key: &BuildKey,
+    kind: &'static str,
+) -> ApiResult<Arc<Build>> {
+    // A cache hit: one indexed lookup of the build (or none while it is hot).
+    if let Some(b) = state.lookup(key).await?
+        && b.state == BuildState::Succeeded
+    {
+        return Ok(b);
+    }
+    let enqueued = state.queue().enqueue(spec, priority::INTERACTIVE).await?;
+    let build = enqueued.build;
+    tracing::debug!(build = %key, outcome = ?enqueued.outcome, state = %build.state, kind, "waiting for a build");
+    if build.state.is_final() {
+        return Ok(Arc::new(build));
+    }
+    let started = Instant::now();
+    let timeout = Duration::from_secs(state.config().api.compat_timeout_secs);
+    let waiting = state.metrics().waiting(kind);
+    let waited = wait_for(state, key, timeout, BuildState::is_final).await?;
+    drop(waiting);
+    state.metrics().waited(kind, started.elapsed().as_secs_f64());
+    match waited {
+        Waited::Done(b) => Ok(b),
+        Waited::TimedOut(b) => Err(timed_out(state, &b, timeout)),
+        Waited::Stopped(_) => Err(ApiError::shutting_down().with_key(key)),
+    }
+}
+
 /// Parse, validate and resolve a compat query, and remember the outcome.
-async fn resolve(state: &AppState, raw: Option<&str>) -> ApiResult<std::sync::Arc<Resolved>> {
+async fn resolve(state: &AppState, raw: Option<&str>) -> ApiResult<Arc<Resolved>> {
     let q = Query::parse(raw)?;
     let req = request(state, &q).map_err(compat_field)?;
     let (spec, until) = prepare_until(state, &req).await.map_err(compat_field)?;

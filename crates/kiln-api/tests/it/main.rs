@@ -10,4 +10,6 @@ mod inproc;
 mod openapi;
 mod page;
 mod proxy;
+mod registry;
+mod registry_refs;
 mod startup;
