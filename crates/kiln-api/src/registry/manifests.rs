@@ -108,6 +108,22 @@ async fn document(state: &AppState, name: &ImageName, reference: &str, fetch: &F
     }
 }
 
+/// `GET /v2/<name>/tags/list`: `latest`, then every version the recipe
+/// offers, each alone and for each linux platform, sorted.
+pub async fn tags(state: &AppState, name: &ImageName) -> RegistryResult<Response> {
+    let recipe = state.config().recipes.get(name.recipe()).expect("the name was checked");
+    let versions = state.resolver().offered(recipe, None).await?;
+    let platforms = kiln_domain::image_ref::image_platforms(recipe);
+    let mut tags = vec!["latest".to_owned()];
+    for v in versions.iter() {
+        tags.push(Tag::for_version(v));
+        tags.extend(platforms.iter().map(|p| Tag::for_platform(v, p)));
+    }
+    tags.sort();
+    let body = json!({"name": name.to_string(), "tags": tags});
+    Ok((StatusCode::OK, [(header::CACHE_CONTROL, "no-cache")], axum::Json(body)).into_response())
+}
+
 /// The build of `name` at `version` for `platform`, once it has an image.
 async fn image_build(
     state: &AppState,

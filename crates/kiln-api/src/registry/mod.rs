@@ -10,7 +10,10 @@
 //! - `HEAD`/`GET /v2/<name>/blobs/<digest>` ([`blobs`]): with `Range`
 //!   (`206`), `sendfile` on local storage, a `307` to a presigned URL on S3
 //!   with `storage.s3.presign` (a `HEAD` is always answered here).
-//! - Pushes, deletes, uploads and listings: `405 UNSUPPORTED`.
+//! - `GET /v2/<name>/tags/list`: the recipe's versions, each as `<version>`
+//!   and per linux platform, and `latest` (skopeo lists them before it
+//!   inspects).
+//! - Pushes, deletes, uploads and the catalogue: `405 UNSUPPORTED`.
 //!
 //! Every answer carries `Docker-Distribution-API-Version: registry/2.0`;
 //! errors are in the registry's shape ([`error`]). Paths are read raw, not
@@ -71,6 +74,9 @@ enum Route<'a> {
         name: &'a str,
         digest: &'a str,
     },
+    Tags {
+        name: &'a str,
+    },
     /// Uploads, tag lists, the catalogue, referrers: not served.
     Unsupported(&'static str),
 }
@@ -83,12 +89,11 @@ fn route(path: &str) -> RegistryResult<Route<'_>> {
             "the path is percent-encoded; names, tags and digests never need escaping",
         ));
     }
-    if path == "_catalog" || path.ends_with("/tags/list") {
-        return Ok(Route::Unsupported(
-            "listing is not supported: tags are <version>, \
-             <version>-<os>-<arch>[-v<arm>], latest or bk-<build key>; GET /api/recipes/<recipe>/versions \
-             lists the versions",
-        ));
+    if let Some(name) = path.strip_suffix("/tags/list") {
+        return Ok(Route::Tags { name });
+    }
+    if path == "_catalog" {
+        return Ok(Route::Unsupported("the catalogue is not listed: GET /api/recipes lists the recipes"));
     }
     if path.contains("/blobs/uploads") {
         return Ok(Route::Unsupported("this registry builds its images itself; pushes are not accepted"));
@@ -130,6 +135,10 @@ async fn dispatch(State(state): State<AppState>, fetch: Fetch, uri: axum::http::
                 checked_name(&state, name)?;
                 blobs::blob(&state, digest, fetch).await
             }
+            Route::Tags { name } => {
+                let name = checked_name(&state, name)?;
+                manifests::tags(&state, &name).await
+            }
         }
     }
     .await;
@@ -149,6 +158,7 @@ async fn mark(State(state): State<AppState>, req: Request, next: Next) -> Respon
     let kind = match req.uri().path() {
         p if p.contains("/manifests/") => "manifest",
         p if p.contains("/blobs/") => "blob",
+        p if p.ends_with("/tags/list") => "tags",
         _ => "base",
     };
     let mut resp = next.run(req).await;
@@ -172,7 +182,8 @@ mod tests {
         assert_eq!(route("hello/blobs/manifests/x").unwrap(), Route::Manifest { name: "hello/blobs", reference: "x" });
         assert_eq!(route("hello/manifests/blobs/x").unwrap(), Route::Blob { name: "hello/manifests", digest: "x" });
         assert!(matches!(route("hello/blobs/uploads/").unwrap(), Route::Unsupported(_)));
-        assert!(matches!(route("hello/tags/list").unwrap(), Route::Unsupported(_)));
+        assert_eq!(route("hello/x/tags/list").unwrap(), Route::Tags { name: "hello/x" });
+        assert!(matches!(route("_catalog").unwrap(), Route::Unsupported(_)));
         assert_eq!(route("hello/manifests/v1%2e0").unwrap_err().code, "NAME_INVALID");
         assert_eq!(route("hello").unwrap_err().code, "NAME_UNKNOWN");
     }

@@ -11,5 +11,6 @@ mod openapi;
 mod page;
 mod proxy;
 mod registry;
+mod registry_clients;
 mod registry_refs;
 mod startup;

@@ -60,7 +60,7 @@ async fn hostile_names_tags_and_digests_get_registry_errors() {
         ("/v2/hello/blobs/sha256:xyz".into(), 400, "DIGEST_INVALID", ""),
         (format!("/v2/hello/blobs/{zeros}"), 404, "BLOB_UNKNOWN", "no blob"),
         (format!("/v2/nope/blobs/{zeros}"), 404, "NAME_UNKNOWN", ""),
-        ("/v2/hello/tags/list".into(), 405, "UNSUPPORTED", ""),
+        ("/v2/nope/tags/list".into(), 404, "NAME_UNKNOWN", ""),
         ("/v2/_catalog".into(), 405, "UNSUPPORTED", ""),
         ("/v2/hello".into(), 404, "NAME_UNKNOWN", "not a registry route"),
     ];
@@ -71,6 +71,20 @@ async fn hostile_names_tags_and_digests_get_registry_errors() {
     }
     let counts = api.state.queue().state_counts().await.unwrap();
     assert_eq!(counts.queued + counts.running, 0, "no refused pull made a build");
+}
+
+#[tokio::test]
+async fn tags_are_listed_for_each_version_and_platform() {
+    let api = InProc::new().await;
+    let a = api.get("/v2/hello/example.com__greet/tags/list").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let j = a.json();
+    assert_eq!(j["name"], "hello/example.com__greet");
+    let tags: Vec<&str> = j["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    for want in ["latest", "v1.1.0", "v1.1.0-linux-arm-v7", "v1.2.0-beta.1-linux-arm64", "v1.0.0-linux-amd64"] {
+        assert!(tags.contains(&want), "{want} not in {tags:?}");
+    }
+    assert!(!tags.iter().any(|t| t.contains("windows") || t.contains("darwin")), "{tags:?}");
 }
 
 #[tokio::test]
