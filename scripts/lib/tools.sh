@@ -21,6 +21,15 @@ ensure_skopeo() {
     command -v skopeo
 }
 
+# podman: a second containers/image client of the registry. Optional: its
+# test prints a SKIPPED line when podman is missing or does not run.
+ensure_podman() {
+    if ! command -v podman >/dev/null 2>&1; then
+        apt_install podman || return 1
+    fi
+    command -v podman
+}
+
 # chromium and chromedriver: the real browser the download page is tested
 # in (headless, driven over WebDriver). Exports KILN_TEST_CHROMIUM and
 # KILN_TEST_CHROMEDRIVER for the tests.

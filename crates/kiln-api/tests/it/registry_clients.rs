@@ -162,3 +162,43 @@ async fn on_s3_blob_gets_redirect_to_presigned_urls_that_clients_follow() {
         check_layout(dir.path());
     }
 }
+
+/// podman, if it is installed and runs here; else a loud SKIPPED line.
+fn podman(test: &str) -> Option<String> {
+    let skip = |why: &str| {
+        let line = format!("SKIPPED: podman unavailable: {test} did not run ({why})");
+        println!("{line}");
+        eprintln!("{line}");
+        None
+    };
+    let Some(podman) = which("podman") else { return skip("not installed: apt-get install podman") };
+    match Command::new(&podman).arg("--version").output() {
+        Ok(o) if o.status.success() => Some(podman),
+        Ok(o) => skip(&format!("`podman --version` failed: {}", String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => skip(&format!("`podman --version`: {e}")),
+    }
+}
+
+#[tokio::test]
+async fn podman_pulls_an_image() {
+    need_docker!("podman_pulls_an_image");
+    let Some(podman) = podman("podman_pulls_an_image") else { return };
+    let f = ApiFarm::with_worker(&[]).await;
+    // Its own storage, so the test leaves nothing in the machine's.
+    let store = tempfile::tempdir().unwrap();
+    let podman = |args: &[&str]| {
+        let mut cmd = Command::new(&podman);
+        cmd.arg("--root")
+            .arg(store.path().join("root"))
+            .arg("--runroot")
+            .arg(store.path().join("run"))
+            .args(["--storage-driver", "vfs"])
+            .args(args);
+        cmd
+    };
+    let reference = format!("{}/hello/example.com__whisper:v1.0.0-linux-amd64", f.registry());
+    run(&mut podman(&["pull", "--tls-verify=false", &reference]));
+    let digest = digest_of(&f, "hello/example.com__whisper", "v1.0.0-linux-amd64").await;
+    let out = run(&mut podman(&["image", "inspect", "--format", "{{.Digest}} {{.Os}}/{{.Architecture}}", &reference]));
+    assert_eq!(out.trim(), format!("{digest} linux/amd64"));
+}
