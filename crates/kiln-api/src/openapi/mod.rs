@@ -28,7 +28,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::routes::{builds, compat, live, ops, recipes};
+use crate::routes::{builds, compat, image, live, ops, recipes};
 
 /// The document's fixed parts; the paths come from [`router`].
 #[derive(utoipa::OpenApi)]
@@ -122,6 +122,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(builds::signature))
         .routes(routes!(builds::binary))
         .routes(routes!(builds::manifest))
+        .routes(routes!(builds::image_signature))
+        .routes(routes!(image::image_tar))
         .routes(routes!(compat::compat))
         .routes(routes!(ops::recipes))
         .routes(routes!(recipes::recipe))

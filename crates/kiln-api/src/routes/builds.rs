@@ -391,3 +391,13 @@ stored_object! {
     manifest, "/api/builds/{key}/build.json", "getManifest", ObjectName::Manifest,
     "application/json"
 }
+
+stored_object! {
+    /// Download the build's image signature (builds with an image only).
+    ///
+    /// A minisign signature over the image manifest's bytes as the registry
+    /// serves them; its trusted comment is `kiln image <key> <platform>
+    /// sha256:<manifest>`.
+    image_signature, "/api/builds/{key}/image.minisig", "getImageSignature", ObjectName::ImageSignature,
+    "text/plain; charset=utf-8"
+}

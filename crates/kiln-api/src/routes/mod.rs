@@ -2,6 +2,7 @@
 
 pub mod builds;
 pub mod compat;
+pub mod image;
 pub mod live;
 pub mod ops;
 pub mod recipes;

@@ -208,3 +208,53 @@ async fn a_hundred_concurrent_pulls_of_a_new_image_make_one_build() {
     assert_eq!(f.build_count().await, 1);
     assert_eq!(f.attempt_count().await, 1);
 }
+
+#[tokio::test]
+async fn image_tar_loads_into_docker_and_runs_and_its_signature_verifies() {
+    need_docker!("image_tar_loads_into_docker_and_runs_and_its_signature_verifies");
+    let f = ApiFarm::with_worker(&[]).await;
+    let (name, tag) = ("hello/example.com__greet/example.com__shout", "v1.0.0-linux-amd64");
+    let head = f.manifest(reqwest::Method::HEAD, name, tag).await;
+    assert_eq!(head.status(), 200, "{}", f.logs());
+    let digest = header(&head, "docker-content-digest");
+    let manifest = f.manifest(reqwest::Method::GET, name, &digest).await.bytes().await.unwrap();
+    let parsed: Value = serde_json::from_slice(&manifest).unwrap();
+    let config = parsed["config"]["digest"].as_str().unwrap();
+    let config: Value = f.get(&format!("/v2/{name}/blobs/{config}")).await.json().await.unwrap();
+    let key = config["config"]["Labels"]["kiln.build"].as_str().unwrap().to_owned();
+
+    // The archive: its announced length, and docker loads it under the registry's name.
+    let r = f.get(&format!("/api/builds/{key}/image.tar")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-kiln-image-digest"), digest);
+    let length: usize = header(&r, "content-length").parse().unwrap();
+    let tar = r.bytes().await.unwrap();
+    assert_eq!(tar.len(), length);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("image.tar");
+    std::fs::write(&path, &tar).unwrap();
+    let named = format!("{}/{name}:{tag}", f.registry());
+    let mut pulled = Pulled::default();
+    pulled.0.push(named.clone());
+    let out = run(Command::new("docker").arg("load").arg("-i").arg(&path));
+    assert!(out.contains(&format!("Loaded image: {named}")), "{out}");
+    let out = run(Command::new("docker").args(["run", "--rm", &named]));
+    assert_eq!(
+        out,
+        "hello from kiln v1.0.0 linux/amd64\nplugin example.com/greet@v0.2.0\nplugin example.com/shout@v1.0.0\n"
+    );
+
+    // The image signature covers the manifest as served, and names the build.
+    let sig = f.get(&format!("/api/builds/{key}/image.minisig")).await.text().await.unwrap();
+    let pk = kiln_artifact::PublicKey::parse(&f.get("/api/signing-key").await.text().await.unwrap()).unwrap();
+    let comment = kiln_artifact::verify_image(&pk, &manifest, &sig).unwrap();
+    assert_eq!((comment.key.as_str(), comment.manifest.as_str()), (key.as_str(), digest.as_str()));
+
+    // A build without an image has no archive.
+    let r = f.get("/api/compat?recipe=hello&os=darwin&arch=arm64").await;
+    let darwin = header(&r, "x-kiln-build-key");
+    let r = f.get(&format!("/api/builds/{darwin}/image.tar")).await;
+    assert_eq!(r.status(), 404);
+    let j: Value = r.json().await.unwrap();
+    assert_eq!(j["error"]["code"], "no_image");
+}
