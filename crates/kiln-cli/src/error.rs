@@ -35,6 +35,21 @@ struct Body {
     error: Inner,
 }
 
+/// The registry's error shape (`/v2/`): `{"errors": [{"code", "message", "detail"}]}`.
+#[derive(Deserialize)]
+struct RegistryBody {
+    errors: Vec<RegistryInner>,
+}
+
+#[derive(Deserialize)]
+struct RegistryInner {
+    code: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    detail: serde_json::Value,
+}
+
 #[derive(Deserialize)]
 struct Inner {
     code: String,
@@ -46,9 +61,24 @@ struct Inner {
 }
 
 impl ApiError {
-    /// Read an error response's body; one that is not the API's JSON (a
-    /// proxy's HTML page, say) becomes an error quoting its first line.
+    /// Read an error response's body, in the API's shape or the registry's
+    /// (`/v2/`); anything else (a proxy's HTML page, say) becomes an error
+    /// quoting its first line.
     pub fn from_body(status: u16, body: &[u8]) -> Self {
+        if let Ok(RegistryBody { errors }) = serde_json::from_slice::<RegistryBody>(body)
+            && let Some(first) = errors.into_iter().next()
+        {
+            let text = |name: &str| first.detail.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+            return Self {
+                status,
+                code: first.code,
+                message: first.message,
+                id: text("request_id").filter(|s| !s.is_empty()),
+                field: None,
+                key: text("key"),
+                log: text("log"),
+            };
+        }
         match serde_json::from_slice::<Body>(body) {
             Ok(Body { error: e }) => Self {
                 status,
@@ -207,6 +237,22 @@ mod tests {
         );
         assert_eq!(e.to_string(), "no plan9 [invalid_platform, HTTP 400, field os, request r1]");
         assert_eq!(Failure::Api(Box::new(e)).exit_code(), EXIT_ERROR);
+    }
+
+    #[test]
+    fn reads_the_registry_error_shape() {
+        let body = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"build k failed","detail":
+            {"api_code":"build_failed","key":"k","log":"http://farm/api/builds/k/log","request_id":"r2"}}]}"#;
+        let e = ApiError::from_body(404, body);
+        assert_eq!((e.code.as_str(), e.message.as_str()), ("MANIFEST_UNKNOWN", "build k failed"));
+        assert_eq!((e.key.as_deref(), e.id.as_deref()), (Some("k"), Some("r2")));
+        assert_eq!(
+            e.to_string(),
+            "build k failed [MANIFEST_UNKNOWN, HTTP 404, request r2]\nlog: http://farm/api/builds/k/log"
+        );
+        let bare =
+            ApiError::from_body(405, br#"{"errors":[{"code":"UNSUPPORTED","message":"pulls only","detail":null}]}"#);
+        assert_eq!((bare.code.as_str(), bare.key), ("UNSUPPORTED", None));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod build;
 mod download;
+mod image;
 mod keygen;
 mod log;
 mod status;
@@ -58,8 +59,10 @@ pub enum Command {
     Download(download::Args),
     /// Make a signing key pair: the secret key at PATH, the public key at PATH.pub.
     Keygen(keygen::Args),
-    /// Check an artifact's minisign signature.
+    /// Check an artifact's minisign signature, or (--image) an image's.
     Verify(verify::Args),
+    /// Print the reference to `docker pull` for a recipe's image, and its digest once built.
+    Image(image::Args),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -71,6 +74,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Download(args) => download::run(args, Server::new(&cli.server)?, json).await,
         Command::Keygen(args) => keygen::run(args),
         Command::Verify(args) => verify::run(args, || Server::new(&cli.server)).await,
+        Command::Image(args) => image::run(args, Server::new(&cli.server)?, json).await,
     }
 }
 

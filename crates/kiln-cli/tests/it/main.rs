@@ -2,6 +2,7 @@
 
 mod client;
 mod farm;
+mod image;
 mod keygen;
 mod manifest;
 mod verify;
