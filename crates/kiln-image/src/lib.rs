@@ -38,7 +38,7 @@
 //! | `indexes/<hex>` | the bytes of the index over a set of manifests, `<hex>` from [`index_key`] | the API, the first time a `<version>` tag is answered |
 //! | `bases/<hex>.json` | a [`BaseImage`] by its Docker image id, so workers skip `docker save` of a base they (or others) converted before | the worker |
 //! | `<key>/image.minisig` | the image signature (below) | the worker |
-//! | `<key>/build.json` | gains `"image"`: an [`ImageRecord`] (manifest descriptor with its platform, config, layers with diff_ids, base name/id/platform) and `"image_signature": {"name": "image.minisig", "trusted_comment": …}`; both absent for builds without an image | the worker |
+//! | `<key>/build.json` | gains `"oci_image"` (schema 2): `kiln_domain::manifest::OciImageRecord` (manifest digest and size, config, layers, total size, and the `image.minisig` record with its trusted comment); absent for builds without an image | the worker |
 //!
 //! A blob is uploaded before anything that names it: layers and config,
 //! then the manifest, then `image.minisig` and `build.json`, so whoever can
@@ -68,13 +68,13 @@
 //! sha256sum manifest.json                                        # D
 //! ```
 //!
-//! `kiln_artifact::verify_image` does all of that in one call (and
-//! `kiln verify` will: compare the comment's key and digest with the ones
-//! asked about). `K` is in the image's `kiln.build` label
+//! `kiln_artifact::verify_image` does all of that in one call, and
+//! `kiln verify --image REF` does it for every platform manifest REF names
+//! (comparing the comment's key and digest with the ones asked about). `K` is in the image's `kiln.build` label
 //! ([`build_of_config`]). An index is not signed (the API holds no key);
 //! each platform manifest it lists is.
 //!
-//! # For the worker (`job.rs`)
+//! # For the worker (`kiln-worker`'s `image.rs`, called from `job.rs`)
 //!
 //! After `pack_dir` and the artifact's signature, in the same blocking task,
 //! for a linux build of a recipe with `oci`:
@@ -96,7 +96,7 @@
 //!    `blobs.path(d)` unless present; then `image.minisig`; then
 //!    `build.json` with the `image` fields.
 //!
-//! # For the API
+//! # For the API (`kiln-api`'s `registry/` and `routes/image.rs`)
 //!
 //! Names, tags and digests are parsed by `kiln_domain::image_ref`
 //! (`ImageName::parse`, `Reference::parse`, `ImageName::check`,
