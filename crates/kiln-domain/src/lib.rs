@@ -5,7 +5,8 @@
 //! resolved request becomes a content-addressed [`BuildKey`], and what a
 //! succeeded build recorded about itself ([`BuildManifest`]); what a
 //! recipe's container image holds ([`OciSpec`]) and what a registry name,
-//! tag or digest means ([`image_ref`]). It knows no
+//! tag or digest means ([`image_ref`]); API tokens' scopes and secrets
+//! ([`token`]). It knows no
 //! database, no Docker, no HTTP and no file system; every other crate builds
 //! on these types.
 
@@ -20,6 +21,7 @@ mod platform;
 pub mod recipe;
 pub mod request;
 mod state;
+pub mod token;
 pub mod version;
 
 mod error;
@@ -36,4 +38,5 @@ pub use platform::Platform;
 pub use recipe::{Recipe, Step};
 pub use request::{BuildRequest, BuildSpec, PluginRequest, PluginSpec, Replacement};
 pub use state::{AttemptOutcome, BuildState, FailureKind, WorkerState};
+pub use token::{Scope, Scopes, TokenSecret};
 pub use version::{Version, VersionWanted};

@@ -24,6 +24,16 @@ pub enum JanitorError {
     /// `once`: these tasks failed (each said why in its report).
     #[error("{} of {total} tasks failed: {}", failed.len(), failed.join(", "))]
     TasksFailed { failed: Vec<String>, total: usize },
+    /// A command-line value is not acceptable (`token create --scopes`).
+    /// A source, so the process exits 2.
+    #[error("{0}")]
+    Invalid(#[source] kiln_process::StartupError),
+    /// `token revoke`: no token has this id.
+    #[error("there is no token {0}; see `kiln-janitor token list`")]
+    NoSuchToken(i64),
+    /// The operating system's random generator failed.
+    #[error("no random bytes for a token: {0}")]
+    Random(String),
     /// A storage call took longer than the janitor allows.
     #[error("{what}: no answer from storage within {secs} s")]
     StorageTimeout { what: String, secs: u64 },

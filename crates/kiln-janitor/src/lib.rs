@@ -4,7 +4,9 @@
 //! - `run` migrates, then runs the [`Task`]s on their cron schedules
 //!   ([`run`], `schedule`) while this process is the leader among
 //!   janitors (a Postgres advisory lock, see [`kiln_queue::Leadership`]);
-//! - `once` runs every task once and reports ([`once`]).
+//! - `once` runs every task once and reports ([`once`]);
+//! - `token create|list|revoke` manages the API tokens of a private farm
+//!   ([`tokens`]).
 //!
 //! [`execute`] runs one of these [`Command`]s as the binary does, printing
 //! what it did on stdout; `src/main.rs` only parses the arguments and loads
@@ -22,6 +24,7 @@ mod error;
 mod janitor;
 mod schedule;
 mod task;
+pub mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,6 +50,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// API tokens of a private farm: create (the secret is shown once), list, revoke.
+    Token {
+        #[command(subcommand)]
+        command: tokens::TokenCommand,
+    },
 }
 
 /// Run `command` as janitor `id`; `shutdown` ends `run`. What `migrate` and
@@ -65,6 +73,7 @@ pub async fn execute(
             println!("migrations applied: {applied}");
         }
         Command::Run => run(config, settings, shutdown).await?,
+        Command::Token { command } => tokens::execute(command, config).await?,
         Command::Once { json } => {
             let reports = once(config, settings).await?;
             if json {

@@ -17,6 +17,10 @@ pub enum QueueError {
     /// cancelled or finished by someone else. The caller must stop the job.
     #[error("lease lost on build {key}")]
     LeaseLost { key: String },
+    /// The token already has this many builds queued or running
+    /// ([`Queue::enqueue_for`](crate::Queue::enqueue_for)); nothing was queued.
+    #[error("the token already has {limit} builds queued or running")]
+    OverQuota { limit: u32 },
     /// A stored row that does not decode (a bug or a hand-edited row);
     /// `row` names it as `table/id`.
     #[error("corrupt row {row}: {message}")]

@@ -6,7 +6,8 @@
 //! - [`Queue`] holds every statement on builds, attempts, workers and events
 //!   (all of the project's queue SQL lives in this crate), grouped by caller:
 //!   the API's builds and admin operations, the worker's leases, the event
-//!   stream, the worker registry, the janitor's maintenance and leadership.
+//!   stream, the worker registry, the janitor's maintenance and leadership,
+//!   API tokens and the per-token build quota ([`Queue::enqueue_for`]).
 //! - [`Notifier`] ([`Queue::notifier`]) keeps one `LISTEN` connection per
 //!   process and fans typed [`Notification`]s out to any number of
 //!   subscribers, reconnecting when the connection drops.
@@ -27,11 +28,12 @@ mod queue;
 pub use error::QueueError;
 pub use listener::{Channel, Notification, Notifier};
 pub use migrate::{SCHEMA_VERSION, migrate};
-pub use queue::builds::{Attempt, Build, EnqueueOutcome, Enqueued, StateCounts, priority};
+pub use queue::builds::{Attempt, Build, EnqueueOutcome, Enqueued, StateCounts, Submitter, priority};
 pub use queue::events::{Event, EventKind};
 pub use queue::leadership::Leadership;
 pub use queue::leases::{Claim, HandBack, HeartbeatOutcome, Lease, RetryOutcome};
 pub use queue::maintenance::{Expirable, ExpiryPolicy, JanitorRun, Removal, RescueReport};
 pub use queue::stats::RecipeStats;
+pub use queue::tokens::Token;
 pub use queue::workers::{WorkerInfo, WorkerRow};
 pub use queue::{Queue, QueueSettings};

@@ -1,7 +1,7 @@
 //! One `LISTEN` connection per process, fanned out to every subscriber.
 //!
 //! Workers wait for [`Channel::Jobs`]; API waiters for [`Channel::Builds`]
-//! and [`Channel::Events`]. The [`Notifier`] (made by
+//! and [`Channel::Events`], the API's token cache for [`Channel::Tokens`]. The [`Notifier`] (made by
 //! [`Queue::notifier`](crate::Queue::notifier)) owns a dedicated
 //! connection, reconnects with backoff when it drops, and after every
 //! (re)connection sends [`Notification::Resync`] so subscribers re-read what
@@ -30,10 +30,13 @@ pub enum Channel {
     /// `kiln_events`, payload: the key of a build with new events (log
     /// lines, steps).
     Events,
+    /// `kiln_tokens`, payload: the id of an API token that was revoked or
+    /// removed.
+    Tokens,
 }
 
 impl Channel {
-    const ALL: [Channel; 3] = [Channel::Jobs, Channel::Builds, Channel::Events];
+    const ALL: [Channel; 4] = [Channel::Jobs, Channel::Builds, Channel::Events, Channel::Tokens];
 
     /// The channel's name in SQL (`LISTEN`, `pg_notify`).
     pub fn name(self) -> &'static str {
@@ -41,6 +44,7 @@ impl Channel {
             Channel::Jobs => "kiln_jobs",
             Channel::Builds => "kiln_builds",
             Channel::Events => "kiln_events",
+            Channel::Tokens => "kiln_tokens",
         }
     }
 }
@@ -54,6 +58,8 @@ pub enum Notification {
     Build { key: BuildKey, state: BuildState },
     /// Build `key` has new events.
     Events { key: BuildKey },
+    /// API token `id` was revoked or removed: stop accepting it.
+    TokenRevoked { id: i64 },
     /// The listener (re)connected, a payload did not parse, or a subscriber
     /// fell behind: anything may have changed, re-read the database.
     Resync,
@@ -72,6 +78,10 @@ impl Notification {
                 Ok(Self::Build { key: key(k)?, state: s.parse()? })
             }
             Some(Channel::Events) => Ok(Self::Events { key: key(payload)? }),
+            Some(Channel::Tokens) => match payload.parse::<i64>() {
+                Ok(id) if id > 0 && !payload.starts_with('+') => Ok(Self::TokenRevoked { id }),
+                _ => Err(format!("not a token id: {payload:?}")),
+            },
             None => Err(format!("unknown channel {channel:?}")),
         }
     }
@@ -81,7 +91,7 @@ impl Notification {
         match self {
             Self::Build { key: k, .. } | Self::Events { key: k } => k == key,
             Self::Resync => true,
-            Self::Job { .. } => false,
+            Self::Job { .. } | Self::TokenRevoked { .. } => false,
         }
     }
 }
@@ -172,6 +182,7 @@ mod tests {
             Ok(Notification::Build { key: key(), state: BuildState::Succeeded })
         );
         assert_eq!(Notification::parse("kiln_events", KEY), Ok(Notification::Events { key: key() }));
+        assert_eq!(Notification::parse("kiln_tokens", "42"), Ok(Notification::TokenRevoked { id: 42 }));
         for state in BuildState::ALL {
             let n = Notification::parse("kiln_builds", &format!("{KEY} {state}")).unwrap();
             assert_eq!(n, Notification::Build { key: key(), state: *state });
@@ -193,6 +204,10 @@ mod tests {
             ("kiln_events", "é".repeat(64)),
             ("kiln_events", String::new()),
             ("kiln_other", KEY.to_owned()),
+            ("kiln_tokens", String::new()),
+            ("kiln_tokens", "-1".to_owned()),
+            ("kiln_tokens", "+1".to_owned()),
+            ("kiln_tokens", "1 ".to_owned()),
         ];
         for (channel, payload) in cases {
             let parsed = Notification::parse(channel, &payload);
@@ -212,7 +227,11 @@ mod tests {
 
     #[test]
     fn channel_names_are_those_of_the_triggers() {
-        let triggers = include_str!("../../../migrations/V1__initial.sql");
+        let triggers = [
+            include_str!("../../../migrations/V1__initial.sql"),
+            include_str!("../../../migrations/V3__api_tokens.sql"),
+        ]
+        .concat();
         for c in Channel::ALL {
             assert!(triggers.contains(&format!("pg_notify('{}'", c.name())), "{c:?}");
         }

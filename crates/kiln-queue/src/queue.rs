@@ -8,7 +8,8 @@
 //! - [`workers`]: the worker registry;
 //! - [`maintenance`]: the janitor's rescue, expiry, pruning and run records;
 //! - [`leadership`]: the janitors' leader lock;
-//! - [`stats`]: the download page's figures (build counts, typical times).
+//! - [`stats`]: the download page's figures (build counts, typical times);
+//! - [`tokens`]: API tokens (the janitor's commands, the API's lookup).
 //!
 //! Rows are decoded in [`rows`], the one place where text from the database
 //! becomes a [`kiln_domain`] type.
@@ -20,6 +21,7 @@ pub(crate) mod leases;
 pub(crate) mod maintenance;
 mod rows;
 pub(crate) mod stats;
+pub(crate) mod tokens;
 pub(crate) mod workers;
 
 use std::time::Duration;

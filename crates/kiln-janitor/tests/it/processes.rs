@@ -232,3 +232,39 @@ async fn a_build_whose_worker_is_killed_is_rescued_and_finished_by_another_worke
         .output();
     drop(second);
 }
+
+#[tokio::test]
+async fn token_create_prints_the_secret_once_list_never_and_revoke_ends_it() {
+    let farm = Farm::new().await;
+    let run = |label: &str, args: &[&str]| {
+        let mut p = farm.spawn("kiln-janitor", label, args);
+        let status = wait_exit(&mut p);
+        (status, p.output())
+    };
+    let (status, out) = run("create", &["token", "create", "--name", "ci", "--scopes", "submit,download"]);
+    assert!(status.success(), "{out}");
+    let secret = out.lines().find(|l| l.starts_with("kiln_")).expect("the secret is printed").to_owned();
+    assert!(kiln_domain::TokenSecret::parse(&secret).is_some(), "{out}");
+    assert_eq!(out.matches(&secret).count(), 1, "printed once, logged nowhere: {out}");
+    let queue = farm.db.queue(QueueSettings::default());
+    let hash = kiln_domain::TokenSecret::parse(&secret).unwrap().hash();
+    let token = queue.active_token(&hash).await.unwrap().expect("stored by its hash");
+    assert_eq!(token.scopes.to_string(), "download,submit");
+
+    let (status, list) = run("list", &["token", "list"]);
+    assert!(status.success() && list.contains("ci") && list.contains("active"), "{list}");
+    assert!(!list.contains(&secret[5..15]), "{list}");
+    let (status, json) = run("list-json", &["token", "list", "--json"]);
+    assert!(status.success(), "{json}");
+
+    let (status, out) = run("bad", &["token", "create", "--name", "x", "--scopes", "root"]);
+    assert_eq!(status.code(), Some(2), "a bad scope is a command line to fix: {out}");
+    let (status, out) = run("missing", &["token", "revoke", "999"]);
+    assert_eq!(status.code(), Some(1), "{out}");
+
+    let (status, out) = run("revoke", &["token", "revoke", &token.id.to_string()]);
+    assert!(status.success(), "{out}");
+    assert!(queue.active_token(&hash).await.unwrap().is_none());
+    let (_, list) = run("list-2", &["token", "list"]);
+    assert!(list.contains("revoked"), "{list}");
+}

@@ -41,6 +41,22 @@ pub struct Build {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// A build that existed but is queued again by an enqueue: cancelled, or
+/// failed for the farm's reason, or failed for its own longer ago than the
+/// failure TTL (`$2`, seconds).
+const REQUEUABLE: &str = "builds.state = 'cancelled'
+    OR (builds.state = 'failed' AND (builds.failure_kind IS DISTINCT FROM 'build'
+        OR builds.finished_at < now() - make_interval(secs => $2)))";
+
+/// Who asks for a build, for [`Queue::enqueue_for`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitter {
+    /// The token's id (`api_tokens.id`).
+    pub token_id: i64,
+    /// The most builds it may have queued or running at once; 0: no limit.
+    pub max_active: u32,
+}
+
 /// What [`Queue::enqueue`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnqueueOutcome {
@@ -86,32 +102,58 @@ impl Queue {
     /// cancelled, is queued afresh; one that failed deterministically (a step
     /// exited non-zero) only once its failure TTL has passed.
     pub async fn enqueue(&self, spec: &BuildSpec, priority: i32) -> Result<Enqueued, QueueError> {
+        self.enqueue_for(spec, priority, None).await
+    }
+
+    /// [`enqueue`](Self::enqueue) on behalf of a token, whose builds are
+    /// counted: when this would queue a build (not join an existing one) and
+    /// the token already has `max_active` builds queued or running, nothing
+    /// happens and the answer is [`QueueError::OverQuota`].
+    ///
+    /// Race-free: the token's row is locked (`FOR UPDATE`) for the
+    /// transaction, so one token's enqueues are counted one after the other,
+    /// while other tokens' and anonymous enqueues do not wait.
+    pub async fn enqueue_for(
+        &self,
+        spec: &BuildSpec,
+        priority: i32,
+        by: Option<Submitter>,
+    ) -> Result<Enqueued, QueueError> {
         let key = spec.key();
-        let spec_json = serde_json::to_value(spec).expect("a spec always serializes");
-        let sql = format!(
-            "INSERT INTO builds (key, recipe, spec, priority, max_attempts, max_preemptions)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (key) DO UPDATE SET
-                 state = 'queued', attempts = 0, preemptions = 0, run_at = now(), error = NULL,
-                 failure_kind = NULL, artifact = NULL, started_at = NULL, finished_at = NULL,
-                 cancel_requested = false, updated_at = now(),
-                 priority = greatest(builds.priority, EXCLUDED.priority),
-                 max_attempts = EXCLUDED.max_attempts, max_preemptions = EXCLUDED.max_preemptions
-             WHERE builds.state = 'cancelled'
-                OR (builds.state = 'failed' AND (builds.failure_kind IS DISTINCT FROM 'build'
-                    OR builds.finished_at < now() - make_interval(secs => $7)))
-             RETURNING (xmax = 0) AS inserted, {BUILD_COLUMNS}"
-        );
-        let upserted: Option<UpsertRecord> = sqlx::query_as(&sql)
-            .bind(key.as_str())
-            .bind(&spec.recipe)
-            .bind(&spec_json)
-            .bind(priority)
-            .bind(self.settings.max_attempts)
-            .bind(self.settings.max_preemptions)
-            .bind(secs(self.settings.failure_ttl))
-            .fetch_optional(&self.pool)
-            .await?;
+        let upserted = match by {
+            None => self.upsert(&self.pool, spec, priority, None).await?,
+            Some(by) => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT 1 FROM api_tokens WHERE id = $1 FOR UPDATE")
+                    .bind(by.token_id)
+                    .execute(&mut *tx)
+                    .await?;
+                if by.max_active > 0 {
+                    // Joining a build that is queued, running, succeeded or
+                    // failed for good costs the token nothing.
+                    let sql = format!("SELECT NOT EXISTS (SELECT 1 FROM builds WHERE key = $1 AND NOT ({REQUEUABLE}))");
+                    let would_queue: bool = sqlx::query_scalar(&sql)
+                        .bind(key.as_str())
+                        .bind(secs(self.settings.failure_ttl))
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    if would_queue {
+                        let active: i64 = sqlx::query_scalar(
+                            "SELECT count(*) FROM builds WHERE token_id = $1 AND state IN ('queued', 'running')",
+                        )
+                        .bind(by.token_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        if active >= i64::from(by.max_active) {
+                            return Err(QueueError::OverQuota { limit: by.max_active });
+                        }
+                    }
+                }
+                let r = self.upsert(&mut *tx, spec, priority, Some(by.token_id)).await?;
+                tx.commit().await?;
+                r
+            }
+        };
         if let Some(r) = upserted {
             let outcome = if r.inserted { EnqueueOutcome::Created } else { EnqueueOutcome::Requeued };
             return Ok(Enqueued { build: r.build.try_into()?, outcome });
@@ -121,6 +163,41 @@ impl Queue {
             message: "conflicting row vanished during enqueue".into(),
         })?;
         Ok(Enqueued { build, outcome: EnqueueOutcome::Existing })
+    }
+
+    /// Insert `spec`, or queue its cancelled or requeuable failed row again;
+    /// `None` when the row exists and stays as it is.
+    async fn upsert(
+        &self,
+        db: impl sqlx::PgExecutor<'_>,
+        spec: &BuildSpec,
+        priority: i32,
+        token_id: Option<i64>,
+    ) -> Result<Option<UpsertRecord>, QueueError> {
+        let spec_json = serde_json::to_value(spec).expect("a spec always serializes");
+        let sql = format!(
+            "INSERT INTO builds (key, recipe, spec, priority, max_attempts, max_preemptions, token_id)
+             VALUES ($1, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (key) DO UPDATE SET
+                 state = 'queued', attempts = 0, preemptions = 0, run_at = now(), error = NULL,
+                 failure_kind = NULL, artifact = NULL, started_at = NULL, finished_at = NULL,
+                 cancel_requested = false, updated_at = now(), token_id = EXCLUDED.token_id,
+                 priority = greatest(builds.priority, EXCLUDED.priority),
+                 max_attempts = EXCLUDED.max_attempts, max_preemptions = EXCLUDED.max_preemptions
+             WHERE {REQUEUABLE}
+             RETURNING (xmax = 0) AS inserted, {BUILD_COLUMNS}"
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(spec.key().as_str())
+            .bind(secs(self.settings.failure_ttl))
+            .bind(&spec.recipe)
+            .bind(&spec_json)
+            .bind(priority)
+            .bind(self.settings.max_attempts)
+            .bind(self.settings.max_preemptions)
+            .bind(token_id)
+            .fetch_optional(db)
+            .await?)
     }
 
     /// One build by key: a single primary-key lookup.

@@ -6,3 +6,4 @@ mod maintenance;
 mod notify;
 mod stats;
 mod support;
+mod tokens;
