@@ -23,9 +23,20 @@
 //! - `error`: the one error type and its Caddy-compatible JSON;
 //! - [`openapi`]: the route list and the OpenAPI document made from it
 //!   (public, so tests and tools can read the document);
+//! - `auth`: callers, credentials and scopes, the token cache, refusals in
+//!   the API's or the registry's shape; `guard`: the request guard (body
+//!   limit, caller, scope, rate limits) before every handler;
 //! - `state`, `middleware`, `metrics`, `views`.
+//!
+//! [`run`] serves with hyper directly (not `axum::serve`) to limit what a
+//! client may cost before a handler runs: a request's line and headers must
+//! arrive within `api.limits.header_read_timeout_secs` and fit in
+//! `api.limits.max_header_bytes`, so a slowloris client holds a connection
+//! for a few seconds at most.
 
+pub mod auth;
 mod error;
+mod guard;
 mod metrics;
 mod middleware;
 pub mod openapi;
@@ -41,11 +52,15 @@ mod views;
 mod wait;
 mod zerocopy;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::connect_info::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use kiln_config::Config;
 use kiln_queue::{Queue, QueueError, QueueSettings};
 use kiln_storage::{Storage, StorageError};
@@ -71,6 +86,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::per_request))
         .with_state(state)
 }
@@ -114,24 +130,60 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let waiters = state.clone();
-    let signal = async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections; waiting requests are answered 503");
-        waiters.stop_waiting();
-        let _ = tx.send(true);
-    };
-    let listener = zerocopy::Listener::new(listener);
-    let service = app(state).into_make_service_with_connect_info::<zerocopy::Conn>();
-    let server = axum::serve(listener, service).with_graceful_shutdown(signal).into_future();
-    tokio::pin!(server);
-    let mut rx = rx;
-    tokio::select! {
-        res = &mut server => res,
-        _ = async { let _ = rx.wait_for(|s| *s).await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
-            tracing::warn!("grace period over; dropping open requests");
-            Ok(())
+    serve_router(listener, app(state.clone()), state, shutdown).await
+}
+
+/// [`run`] with a router of the caller's (the API's, with more routes
+/// layered on).
+pub async fn serve_router(
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::Listener as _;
+    use tower::ServiceExt as _;
+
+    let limits = &state.config().api.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs))
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut listener = zerocopy::Listener::new(listener);
+    let shutdown = shutdown;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            (stream, peer) = listener.accept() => {
+                let conn = zerocopy::Conn::of(&stream, peer);
+                let service = router.clone().map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(conn.clone()));
+                    req
+                });
+                let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+                let connection = graceful.watch(connection.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
         }
     }
+    drop(listener);
+    tracing::info!("shutting down: no new connections; waiting requests are answered 503");
+    state.stop_waiting();
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("grace period over; dropping open requests"),
+    }
+    Ok(())
 }

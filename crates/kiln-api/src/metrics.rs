@@ -1,6 +1,10 @@
 //! Prometheus metrics of the API, served at `/metrics` in the text format.
 //!
 //! - `kiln_http_requests_total{route, method, status}`: every answered request;
+//! - `kiln_http_rejections_total{reason}`: requests refused before their
+//!   handler (`rate_token`, `rate_address`, `unauthorized`, `invalid_token`,
+//!   `insufficient_scope`, `body_too_large`, `unavailable`) and builds refused
+//!   by the per-token quota (`build_quota`);
 //! - `kiln_builds{state}` and `kiln_queue_depth`: read from the database at scrape time;
 //! - `kiln_wait_seconds{kind}`: how long compat requests and long-polls waited;
 //! - `kiln_waiting{kind}`: compat requests and long-polls waiting right now;
@@ -32,6 +36,7 @@ type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
 pub struct Metrics {
     registry: Registry,
     requests: Family<Labels, Counter>,
+    rejections: Family<Labels, Counter>,
     builds: Family<Labels, Gauge<i64, AtomicI64>>,
     queue_depth: Gauge<i64, AtomicI64>,
     waits: Histograms,
@@ -63,6 +68,12 @@ impl Metrics {
         let mut registry = Registry::default();
         let requests = Family::<Labels, Counter>::default();
         registry.register("kiln_http_requests", "HTTP requests answered, by route and status", requests.clone());
+        let rejections = Family::<Labels, Counter>::default();
+        registry.register(
+            "kiln_http_rejections",
+            "Requests refused by auth, rate limits, quotas and size limits, by reason",
+            rejections.clone(),
+        );
         let builds = Family::<Labels, Gauge<i64, AtomicI64>>::default();
         registry.register("kiln_builds", "Builds in the database by state", builds.clone());
         let queue_depth = Gauge::<i64, AtomicI64>::default();
@@ -96,6 +107,7 @@ impl Metrics {
         Self {
             registry,
             requests,
+            rejections,
             builds,
             queue_depth,
             waits,
@@ -137,6 +149,11 @@ impl Metrics {
                 ("status", status.to_string()),
             ])
             .inc();
+    }
+
+    /// Count a request refused for `reason`.
+    pub fn rejected(&self, reason: &str) {
+        self.rejections.get_or_create(&vec![("reason", reason.to_owned())]).inc();
     }
 
     /// Count a request of `kind` as waiting until the guard is dropped.

@@ -57,7 +57,9 @@ pub async fn per_request(State(state): State<AppState>, req: Request, next: Next
         .unwrap_or_else(new_request_id);
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "other".into());
     let method = req.method().clone();
-    let span = tracing::info_span!("request", id = %id, method = %method, route = %route);
+    // `token` is the id of the caller's token, recorded by the guard.
+    let span =
+        tracing::info_span!("request", id = %id, method = %method, route = %route, token = tracing::field::Empty);
     let mut resp = CURRENT_ID.scope(id.clone(), next.run(req).instrument(span.clone())).await;
     let status = resp.status();
     if let Ok(v) = HeaderValue::from_str(&id) {

@@ -1,5 +1,6 @@
 //! What every handler shares: configuration, queue, storage, the notifier,
-//! the version resolver, metrics, and a small cache of succeeded builds.
+//! the version resolver, metrics, the token cache and rate limiters, and a
+//! small cache of succeeded builds.
 //!
 //! The cache is what keeps a cache hit cheap: a succeeded build never
 //! changes (it can only expire, which deletes its objects and its row), so
@@ -33,7 +34,9 @@ use kiln_queue::{Build, Channel, Notification, Notifier, Queue, RecipeStats};
 use kiln_storage::{ObjectInfo, ObjectKey, ObjectName, Storage};
 use tokio::sync::broadcast;
 
+use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
+use crate::guard::Limits;
 use crate::metrics::Metrics;
 use crate::resolve::Resolver;
 use crate::resolved::Resolutions;
@@ -67,6 +70,8 @@ struct Inner {
     notifier: Notifier,
     resolver: Resolver,
     metrics: Metrics,
+    auth: Auth,
+    limits: Limits,
     hot: Mutex<HashMap<BuildKey, Hot>>,
     /// Bytes of small objects held in `hot`.
     hot_bytes: std::sync::atomic::AtomicUsize,
@@ -79,11 +84,13 @@ struct Inner {
     /// Set when the server shuts down: waiters answer at once.
     stopping: tokio::sync::watch::Sender<bool>,
     watcher: tokio::task::JoinHandle<()>,
+    sweeper: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.watcher.abort();
+        self.sweeper.abort();
     }
 }
 
@@ -121,13 +128,16 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// Build the state and start the notification listener. Needs a Tokio runtime.
     pub fn new(config: Config, queue: Queue, storage: Storage) -> AppState {
-        let notifier = queue.notifier(&[Channel::Builds, Channel::Events]);
+        let notifier = queue.notifier(&[Channel::Builds, Channel::Events, Channel::Tokens]);
         let resolver = Resolver::new(&config.api.go_proxy, Duration::from_secs(config.api.version_cache_secs));
         let metrics = Metrics::new();
         let rx = notifier.subscribe();
         Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
-            let watcher = tokio::spawn(watch_durations(weak.clone(), rx));
+            let watcher = tokio::spawn(watch(weak.clone(), rx));
+            let sweeper = tokio::spawn(sweep(weak.clone()));
             Inner {
+                auth: Auth::new(&config),
+                limits: Limits::new(&config.api.limits),
                 config,
                 queue,
                 storage,
@@ -141,6 +151,7 @@ impl AppState {
                 away_until: Mutex::new(None),
                 stopping: tokio::sync::watch::Sender::new(false),
                 watcher,
+                sweeper,
             }
         })
         .into()
@@ -180,6 +191,16 @@ impl AppState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    /// Tokens and the bootstrap admin.
+    pub fn auth(&self) -> &Auth {
+        &self.0.auth
+    }
+
+    /// The rate limiters.
+    pub fn limits(&self) -> &Limits {
+        &self.0.limits
     }
 
     /// A receiver of build and event notifications, from now on.
@@ -379,15 +400,39 @@ impl From<Arc<Inner>> for AppState {
     }
 }
 
-/// Observe build durations as builds end (one row read per ended build).
-async fn watch_durations(state: std::sync::Weak<Inner>, mut rx: broadcast::Receiver<Notification>) {
+/// Sweep the rate limiters' idle keys every minute.
+async fn sweep(state: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let Some(inner) = state.upgrade() else { return };
+        inner.limits.sweep();
+    }
+}
+
+/// Drop revoked tokens (all of them after a resync), and observe build
+/// durations as builds end (one row read per ended build).
+async fn watch(state: std::sync::Weak<Inner>, mut rx: broadcast::Receiver<Notification>) {
     loop {
         let n = match rx.recv().await {
             Ok(n) => n,
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Lagged(_)) => Notification::Resync,
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        let Notification::Build { key, state: s } = n else { continue };
+        let (key, s) = match n {
+            Notification::Build { key, state } => (key, state),
+            Notification::TokenRevoked { id } => {
+                let Some(inner) = state.upgrade() else { return };
+                inner.auth.revoked(id);
+                continue;
+            }
+            Notification::Resync => {
+                let Some(inner) = state.upgrade() else { return };
+                inner.auth.resync();
+                continue;
+            }
+            _ => continue,
+        };
         if !s.is_final() {
             continue;
         }

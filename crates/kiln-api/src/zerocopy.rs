@@ -121,15 +121,26 @@ pub struct Stream {
 #[derive(Debug, Clone)]
 pub struct Conn {
     regions: Shared,
+    peer: Option<SocketAddr>,
 }
 
 impl Connected<IncomingStream<'_, Listener>> for Conn {
     fn connect_info(stream: IncomingStream<'_, Listener>) -> Self {
-        Conn { regions: stream.io().regions.clone() }
+        Conn { regions: stream.io().regions.clone(), peer: Some(*stream.remote_addr()) }
     }
 }
 
 impl Conn {
+    /// The handle of an accepted connection from `peer`.
+    pub fn of(stream: &Stream, peer: SocketAddr) -> Conn {
+        Conn { regions: stream.regions.clone(), peer: Some(peer) }
+    }
+
+    /// The address of the connection's other end.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
     /// A body of `len` bytes of `file` from `offset`, sent with `sendfile`.
     /// Only for HTTP/1 responses with a `Content-Length` of `len`.
     pub fn file_body(&self, file: std::fs::File, offset: u64, len: u64) -> Body {

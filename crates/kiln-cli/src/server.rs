@@ -28,8 +28,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// `base` must be an `http` or `https` URL.
-    pub fn new(base: &str) -> anyhow::Result<Self> {
+    /// `base` must be an `http` or `https` URL; `token`, when given, goes
+    /// with every request as `Authorization: Bearer` (marked sensitive, so
+    /// it never shows in a debug print of a request).
+    pub fn new(base: &str, token: Option<&str>) -> anyhow::Result<Self> {
         let mut base = Url::parse(base).with_context(|| format!("--server {base:?} is not a URL"))?;
         if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
             bail!("--server {base} must be an http:// or https:// URL");
@@ -38,7 +40,15 @@ impl Server {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| anyhow::anyhow!("--token holds characters a header cannot carry"))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()?;

@@ -130,6 +130,82 @@ pub struct ApiConfig {
     pub go_proxy: String,
     /// How long resolved version lists are cached.
     pub version_cache_secs: u64,
+    /// Who may use the API: anyone (`open`) or holders of tokens (`tokens`).
+    pub auth: AuthConfig,
+    /// Rate limits, the per-token build quota, and the limits of a request.
+    pub limits: ApiLimits,
+}
+
+/// `api.auth`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+}
+
+/// `api.auth.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Anyone may submit and download; admin routes need a token with the
+    /// `admin` scope or `api.admin_token`.
+    #[default]
+    Open,
+    /// Every build-related request needs a token with the right scope.
+    Tokens,
+}
+
+/// Requests per second with a burst; 0 requests per second: no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimit {
+    pub requests_per_second: u32,
+    /// Requests allowed at once above the steady rate.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    pub fn is_on(&self) -> bool {
+        self.requests_per_second > 0
+    }
+}
+
+/// `api.limits`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiLimits {
+    /// Requests of each token (by token).
+    pub per_token: RateLimit,
+    /// Requests without a token, and requests with an unknown token (by client address).
+    pub per_address: RateLimit,
+    /// Uncached builds (queued or running) one token may have at once; 0: no limit.
+    pub builds_per_token: u32,
+    /// Peers whose `X-Forwarded-For` is believed: addresses or CIDR blocks.
+    pub trusted_proxies: Vec<String>,
+    /// A client must send a request's headers within this long.
+    pub header_read_timeout_secs: u64,
+    /// The most bytes of a request's line and headers.
+    pub max_header_bytes: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            per_token: RateLimit::default(),
+            per_address: RateLimit::default(),
+            builds_per_token: 0,
+            trusted_proxies: Vec::new(),
+            header_read_timeout_secs: 10,
+            max_header_bytes: 128 * 1024,
+        }
+    }
+}
+
+/// An IP address or a CIDR block (`10.0.0.0/8`, `::1`), as
+/// `api.limits.trusted_proxies` holds them.
+pub fn parse_ip_net(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>().ok().or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 impl Default for ApiConfig {
@@ -143,6 +219,8 @@ impl Default for ApiConfig {
             max_body_bytes: 64 * 1024,
             go_proxy: "https://proxy.golang.org".into(),
             version_cache_secs: 60,
+            auth: AuthConfig::default(),
+            limits: ApiLimits::default(),
         }
     }
 }
@@ -358,6 +436,24 @@ impl Config {
                 _ => {}
             },
             _ => {}
+        }
+        let limits = &self.api.limits;
+        for (key, rate) in [("per_token", limits.per_token), ("per_address", limits.per_address)] {
+            if rate.is_on() && rate.burst == 0 {
+                return Err((
+                    format!("api.limits.{key}.burst"),
+                    "must be at least 1 when requests_per_second is set".into(),
+                ));
+            }
+        }
+        if let Some(bad) = limits.trusted_proxies.iter().find(|p| parse_ip_net(p).is_none()) {
+            return Err(("api.limits.trusted_proxies".into(), format!("{bad:?} is not an IP address or a CIDR block")));
+        }
+        if limits.header_read_timeout_secs == 0 {
+            return Err(("api.limits.header_read_timeout_secs".into(), "must be at least 1".into()));
+        }
+        if limits.max_header_bytes < 8192 {
+            return Err(("api.limits.max_header_bytes".into(), "must be at least 8192".into()));
         }
         if let Some(id) = &self.worker.id
             && (id.len() > 200 || id.chars().any(char::is_control))

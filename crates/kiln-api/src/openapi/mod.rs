@@ -21,7 +21,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::path::{HttpMethod, Operation};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
 use utoipa::openapi::{OpenApi, RefOr};
 use utoipa::{IntoParams, OpenApi as _};
 use utoipa_axum::router::OpenApiRouter;
@@ -173,7 +174,21 @@ fn finish(mut doc: OpenApi) -> OpenApi {
         SecurityScheme::Http(
             HttpBuilder::new()
                 .scheme(HttpAuthScheme::Bearer)
-                .description(Some("`api.admin_token` from the farm's configuration"))
+                .description(Some("`api.admin_token` from the farm's configuration: the bootstrap admin, every scope"))
+                .build(),
+        ),
+    );
+    components.add_security_scheme(
+        "token",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "An API token from `kiln-janitor token create` (`kiln_` and 64 hex digits), also accepted as \
+                     the password of HTTP Basic auth. The requirement's list names the scope it needs: \
+                     `download`, `submit` or `admin`. In an open farm (`api.auth.mode: open`) only `admin` \
+                     needs one.",
+                ))
                 .build(),
         ),
     );
@@ -190,6 +205,11 @@ fn finish(mut doc: OpenApi) -> OpenApi {
         }
         if path.contains("{key}") {
             on_a_build.extend(operations(item).filter_map(|(_, op)| op.operation_id.clone()));
+        }
+    }
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for (method, op) in operations_mut(item) {
+            guarded(path, &method, op);
         }
     }
     for item in doc.paths.paths.values_mut() {
@@ -221,6 +241,58 @@ fn finish(mut doc: OpenApi) -> OpenApi {
         }
     }
     doc
+}
+
+/// The security and the refusals of the request guard on one operation:
+/// which token it needs ([`crate::auth::required_scope`]), and the `401`,
+/// `403` and `429` any operation may answer.
+fn guarded(path: &str, method: &HttpMethod, op: &mut Operation) {
+    let method = match method {
+        HttpMethod::Get => axum::http::Method::GET,
+        HttpMethod::Head => axum::http::Method::HEAD,
+        HttpMethod::Post => axum::http::Method::POST,
+        HttpMethod::Delete => axum::http::Method::DELETE,
+        _ => return,
+    };
+    let scope = crate::auth::required_scope(&method, path);
+    if let Some(scope) = scope {
+        let mut any = vec![
+            SecurityRequirement::new("token", [scope.as_str()]),
+            SecurityRequirement::new("admin_token", Vec::<String>::new()),
+        ];
+        if scope != kiln_domain::Scope::Admin {
+            // Open farms need no token for this.
+            any.insert(0, SecurityRequirement::default());
+        }
+        op.security = Some(any);
+    }
+    let error = || ContentBuilder::new().schema(Some(Ref::from_schema_name("Error"))).build();
+    let responses = &mut op.responses.responses;
+    responses.entry("401".into()).or_insert_with(|| {
+        ResponseBuilder::new()
+            .description(
+                "No token where the farm needs one (`unauthorized`), or an unknown or revoked token \
+                 (`invalid_token`).",
+            )
+            .content("application/json", error())
+            .header("WWW-Authenticate", HeaderBuilder::new().description(Some("`Bearer`")).build())
+            .into()
+    });
+    if scope.is_some() {
+        responses.entry("403".into()).or_insert_with(|| {
+            ResponseBuilder::new()
+                .description("The token lacks the scope (`insufficient_scope`).")
+                .content("application/json", error())
+                .into()
+        });
+    }
+    responses.entry("429".into()).or_insert_with(|| {
+        ResponseBuilder::new()
+            .description("Too many requests from this token or address (`rate_limited`); for a build, the token's build quota is full (`build_quota`).")
+            .content("application/json", error())
+            .header("Retry-After", HeaderBuilder::new().description(Some("Seconds to wait")).build())
+            .into()
+    });
 }
 
 fn operations(item: &utoipa::openapi::PathItem) -> impl Iterator<Item = (HttpMethod, &Operation)> {

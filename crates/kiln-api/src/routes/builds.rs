@@ -8,14 +8,14 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, RawQuery, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kiln_domain::{BuildKey, BuildRequest, BuildSpec, BuildState};
-use kiln_queue::{Build, priority};
+use kiln_queue::{Build, Enqueued, QueueError, priority};
 use kiln_storage::ObjectName;
-use subtle::ConstantTimeEq;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::openapi::{KeyParam, ObjectHeaders};
 use crate::query::RawQuery as Query;
@@ -72,7 +72,11 @@ pub async fn prepare_until(state: &AppState, req: &BuildRequest) -> ApiResult<(B
         (status = 503, description = "The database is unreachable.", body = ErrorBody),
     )
 )]
-pub async fn create(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -87,14 +91,34 @@ pub async fn create(State(state): State<AppState>, body: Result<Bytes, BytesReje
     })?;
     let req = parse_body(&body)?;
     let spec = prepare(&state, &req).await?;
-    let enqueued = state.queue().enqueue(&spec, priority::DEFAULT).await?;
-    let build = enqueued.build;
+    let build = enqueue(&state, &caller, &spec, priority::DEFAULT).await?.build;
     if build.state == BuildState::Succeeded {
         state.remember(std::sync::Arc::new(build.clone()));
     }
     let status = if build.state.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok(build_response(&state, status, &build))
 }
+
+/// Queue `spec` for `caller`, within its token's build quota (`429
+/// build_quota` past it).
+pub async fn enqueue(state: &AppState, caller: &Caller, spec: &BuildSpec, priority: i32) -> ApiResult<Enqueued> {
+    match state.queue().enqueue_for(spec, priority, caller.submitter(state.config())).await {
+        Err(QueueError::OverQuota { limit }) => {
+            state.metrics().rejected("build_quota");
+            Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "build_quota",
+                format!("this token already has {limit} builds queued or running; retry when one has ended"),
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static(QUOTA_RETRY_AFTER)))
+        }
+        other => Ok(other?),
+    }
+}
+
+/// The `Retry-After` of a refusal by the build quota: builds take minutes,
+/// so a client need not ask again sooner.
+const QUOTA_RETRY_AFTER: &str = "30";
 
 fn parse_body(body: &[u8]) -> ApiResult<BuildRequest> {
     let de = &mut serde_json::Deserializer::from_slice(body);
@@ -174,43 +198,21 @@ pub enum AdminErrors<'a> {
     /// A malformed key.
     #[response(status = 400)]
     BadKey(ErrorBody<'a>),
-    /// No `Authorization: Bearer` header.
+    /// No token (`unauthorized`), or an unknown or revoked one (`invalid_token`).
     #[response(status = 401, headers(("WWW-Authenticate" = String, description = "`Bearer`")))]
     Unauthorized(ErrorBody<'a>),
-    /// A wrong token, or admin routes are off (no `api.admin_token`).
+    /// The token lacks the `admin` scope (`insufficient_scope`).
     #[response(status = 403)]
     Forbidden(ErrorBody<'a>),
+    /// Too many requests from this token or address (`rate_limited`).
+    #[response(status = 429, headers(("Retry-After" = String, description = "Seconds")))]
+    RateLimited(ErrorBody<'a>),
     /// No such build.
     #[response(status = 404)]
     UnknownBuild(ErrorBody<'a>),
     /// The database is unreachable.
     #[response(status = 503)]
     Unavailable(ErrorBody<'a>),
-}
-
-/// Check `Authorization: Bearer <api.admin_token>` in constant time.
-fn authorize(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
-    let Some(token) = state.config().api.admin_token.as_ref().filter(|t| !t.expose().is_empty()) else {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "admin_disabled", "admin routes are off: no api.admin_token"));
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
-    let Some(presented) = presented else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "this route needs Authorization: Bearer <admin token>",
-        )
-        .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
-    };
-    if bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
-        Ok(())
-    } else {
-        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the admin token is wrong"))
-    }
 }
 
 /// Cancel a build (admin).
@@ -231,8 +233,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
         (status = 409, description = "The build has already ended (`already_finished`).", body = ErrorBody),
     )
 )]
-pub async fn cancel(State(state): State<AppState>, KeyPath(key): KeyPath, headers: HeaderMap) -> ApiResult<Response> {
-    authorize(&state, &headers)?;
+pub async fn cancel(State(state): State<AppState>, KeyPath(key): KeyPath) -> ApiResult<Response> {
     let before = state.queue().get(&key).await?.ok_or_else(|| ApiError::unknown_build(&key))?;
     if before.state.is_final() {
         return Err(ApiError::new(
@@ -262,8 +263,7 @@ pub async fn cancel(State(state): State<AppState>, KeyPath(key): KeyPath, header
         (status = 409, description = "The build is queued, running or succeeded (`not_retryable`).", body = ErrorBody),
     )
 )]
-pub async fn retry(State(state): State<AppState>, KeyPath(key): KeyPath, headers: HeaderMap) -> ApiResult<Response> {
-    authorize(&state, &headers)?;
+pub async fn retry(State(state): State<AppState>, KeyPath(key): KeyPath) -> ApiResult<Response> {
     if !state.queue().retry(&key).await? {
         let build = state.queue().get(&key).await?.ok_or_else(|| ApiError::unknown_build(&key))?;
         return Err(ApiError::new(

@@ -9,6 +9,9 @@
 //! parameters (`idempotency`, …) are ignored; for repeated single-valued
 //! parameters the first wins, as Go's `Query().Get` does.
 //!
+//! In a private farm a hit needs a token with the `download` scope and a
+//! miss also `submit` (it starts a build, counted in the token's quota).
+//!
 //! The request blocks until the build has ended or `api.compat_timeout_secs`
 //! has passed: the binary (`200`), the build's error (`422`), or the key to
 //! poll (`504`). Identical requests, however many at once, share one build.
@@ -27,16 +30,17 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use kiln_domain::request::ReplacementRequest;
-use kiln_domain::{BuildKey, BuildRequest, BuildSpec, BuildState, PluginRequest};
+use kiln_domain::{BuildKey, BuildRequest, BuildSpec, BuildState, PluginRequest, Scope};
 use kiln_queue::{Build, priority};
 use kiln_storage::ObjectName;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::openapi::{CompatParams, ObjectHeaders};
 use crate::query::RawQuery as Query;
 use crate::resolved::Resolved;
-use crate::routes::builds::{failed, prepare_until};
+use crate::routes::builds::{enqueue, failed, prepare_until};
 use crate::serve::{self, Extra, Fetch};
 use crate::wait::{Waited, wait_for};
 
@@ -128,6 +132,7 @@ fn compat_field(mut e: ApiError) -> ApiError {
 )]
 pub async fn compat(
     State(state): State<AppState>,
+    caller: Caller,
     RawQuery(q): RawQuery,
     Fetch { method, headers, wire }: Fetch,
 ) -> ApiResult<Response> {
@@ -138,7 +143,7 @@ pub async fn compat(
     let key = &resolved.key;
 
     // A cache hit: no parsing or hashing (the resolution is remembered).
-    let build = ended_build(&state, &resolved.spec, key, "compat").await?;
+    let build = ended_build(&state, &caller, &resolved.spec, key, "compat").await?;
     match build.state {
         BuildState::Succeeded => {}
         BuildState::Failed => return Err(failed(&state, &build)),
@@ -172,6 +177,7 @@ pub async fn compat(
 /// `key` is `spec`'s (passed in, as callers have it already).
 pub async fn ended_build(
     state: &AppState,
+    caller: &Caller,
     spec: &BuildSpec,
     key: &BuildKey,
     kind: &'static str,
@@ -182,7 +188,9 @@ pub async fn ended_build(
     {
         return Ok(b);
     }
-    let enqueued = state.queue().enqueue(spec, priority::INTERACTIVE).await?;
+    // A miss may start a build: it needs `submit`, within the token's quota.
+    caller.require(state.config(), Scope::Submit)?;
+    let enqueued = enqueue(state, caller, spec, priority::INTERACTIVE).await?;
     let build = enqueued.build;
     tracing::debug!(build = %key, outcome = ?enqueued.outcome, state = %build.state, kind, "waiting for a build");
     if build.state.is_final() {

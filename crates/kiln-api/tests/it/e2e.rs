@@ -263,7 +263,7 @@ async fn a_compat_wait_runs_out_with_504_and_admins_cancel_queued_and_running_bu
         r.send()
     };
     assert_eq!(delete(&queued, None).await.unwrap().status(), 401);
-    assert_eq!(delete(&queued, Some("Bearer nope")).await.unwrap().status(), 403);
+    assert_eq!(delete(&queued, Some("Bearer nope")).await.unwrap().status(), 401);
     let c = delete(&queued, Some(TOKEN)).await.unwrap();
     assert_eq!(c.status(), 200);
     assert_eq!(c.json::<serde_json::Value>().await.unwrap()["state"], "cancelled");

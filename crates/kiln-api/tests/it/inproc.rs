@@ -259,8 +259,12 @@ async fn cancel_needs_the_admin_token_and_ends_a_queued_build() {
     let no = api.call(del(None)).await;
     no.error(401, "unauthorized");
     assert_eq!(no.headers["www-authenticate"], "Bearer");
-    api.call(del(Some("Bearer wrong-token"))).await.error(403, "forbidden");
-    api.call(del(Some("Basic ZGV2OmRldg=="))).await.error(401, "unauthorized");
+    // A credential that is neither the admin token nor a known API token.
+    let wrong = api.call(del(Some("Bearer wrong-token"))).await;
+    wrong.error(401, "invalid_token");
+    assert_eq!(wrong.headers["www-authenticate"], "Bearer error=\"invalid_token\"");
+    // The same as the password of Basic auth (dev:dev).
+    api.call(del(Some("Basic ZGV2OmRldg=="))).await.error(401, "invalid_token");
     let ok = api.call(del(Some("Bearer dev-admin-token"))).await;
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(ok.json()["state"], "cancelled");
@@ -270,7 +274,7 @@ async fn cancel_needs_the_admin_token_and_ends_a_queued_build() {
     let retry = |auth: &str| {
         Request::post(format!("/api/builds/{key}/retry")).header("authorization", auth).body(Body::empty()).unwrap()
     };
-    api.call(retry("Bearer nope")).await.error(403, "forbidden");
+    api.call(retry("Bearer nope")).await.error(401, "invalid_token");
     let again = api.call(retry("Bearer dev-admin-token")).await;
     assert_eq!(again.status, 202, "{}", again.text());
     assert_eq!(again.json()["state"], "queued");

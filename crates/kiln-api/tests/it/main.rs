@@ -9,6 +9,7 @@ mod go;
 mod inproc;
 mod openapi;
 mod page;
+mod private;
 mod proxy;
 mod registry;
 mod registry_clients;

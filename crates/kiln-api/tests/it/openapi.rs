@@ -95,6 +95,8 @@ fn every_error_code_is_documented() {
         ("ApiError::bad_request(", 1),
         ("ApiError::not_found(", 0),
         ("ValidationError::new(", 1),
+        // The guard's refusals (`Rejection { code: "…", … }`).
+        ("code: ", 0),
     ];
     let mut codes = std::collections::BTreeSet::new();
     // The API's own sources, and the domain modules that validate its requests

@@ -39,6 +39,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "KILN_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
 
+    /// An API token of a private farm (sent as `Authorization: Bearer`).
+    #[arg(long, global = true, env = "KILN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
     /// Machine-readable output: JSON on stdout, errors too.
     #[arg(long, global = true)]
     pub json: bool,
@@ -68,13 +72,13 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let json = cli.json;
     match cli.command {
-        Command::Build(args) => build::run(args, Server::new(&cli.server)?, json).await,
-        Command::Status(args) => status::run(args, Server::new(&cli.server)?, json).await,
-        Command::Log(args) => log::run(args, Server::new(&cli.server)?).await,
-        Command::Download(args) => download::run(args, Server::new(&cli.server)?, json).await,
+        Command::Build(args) => build::run(args, Server::new(&cli.server, cli.token.as_deref())?, json).await,
+        Command::Status(args) => status::run(args, Server::new(&cli.server, cli.token.as_deref())?, json).await,
+        Command::Log(args) => log::run(args, Server::new(&cli.server, cli.token.as_deref())?).await,
+        Command::Download(args) => download::run(args, Server::new(&cli.server, cli.token.as_deref())?, json).await,
         Command::Keygen(args) => keygen::run(args),
-        Command::Verify(args) => verify::run(args, || Server::new(&cli.server)).await,
-        Command::Image(args) => image::run(args, Server::new(&cli.server)?, json).await,
+        Command::Verify(args) => verify::run(args, || Server::new(&cli.server, cli.token.as_deref())).await,
+        Command::Image(args) => image::run(args, Server::new(&cli.server, cli.token.as_deref())?, json).await,
     }
 }
 
