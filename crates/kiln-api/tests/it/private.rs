@@ -461,3 +461,64 @@ async fn read_head(conn: &mut tokio::net::TcpStream) -> String {
         }
     }
 }
+
+/// The real binaries: `kiln-janitor token create` prints the secret once,
+/// `kiln-api` (logging at debug) never writes it, whatever it is used for,
+/// and the `kiln` CLI sends it from `$KILN_TOKEN` or `--token`.
+#[tokio::test]
+async fn a_token_never_appears_in_logs_and_the_cli_sends_it() {
+    let mut farm = kiln_testkit::farm::Farm::new().await;
+    farm.set("KILN_AUTH_MODE", "tokens").set("RUST_LOG", "debug").set("KILN_COMPAT_TIMEOUT", "1");
+    farm.migrate();
+    let mut create =
+        farm.spawn("kiln-janitor", "create", &["token", "create", "--name", "ci", "--scopes", "download,submit"]);
+    assert!(create.wait_timeout(Duration::from_secs(60)).unwrap().success(), "{}", create.output());
+    let secret = create.output().lines().find(|l| l.starts_with("kiln_")).unwrap().to_owned();
+    let api = farm.start_api().await;
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("{}{p}", farm.url());
+
+    let body = json!({"recipe": "hello", "os": "linux", "arch": "amd64"});
+    let r = http.post(url("/api/builds")).bearer_auth(&secret).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let key = r.json::<Value>().await.unwrap()["key"].as_str().unwrap().to_owned();
+    // Used as Basic, mangled, on open routes and refused ones.
+    let mangled = format!("{}0", &secret[..secret.len() - 1]);
+    for auth in [format!("Bearer {secret}"), format!("Bearer {mangled}"), format!("Bearer {secret} extra")] {
+        for path in ["/api/recipes", "/api/compat?recipe=hello&os=linux&arch=amd64", "/nope"] {
+            let _ = http.get(url(path)).header("authorization", &auth).send().await.unwrap();
+        }
+    }
+    let _ = http.get(url(&format!("/api/builds/{key}"))).basic_auth("docker", Some(&secret)).send().await.unwrap();
+
+    // The CLI: refused without a token, served with one.
+    let kiln = |token: Option<(&str, &str)>| {
+        let mut cmd = std::process::Command::new(kiln_testkit::farm::bin("kiln"));
+        cmd.args(["--server", &farm.url(), "status", &key]).env_remove("KILN_TOKEN");
+        match token {
+            Some(("env", t)) => {
+                cmd.env("KILN_TOKEN", t);
+            }
+            Some((_, t)) => {
+                cmd.args(["--token", t]);
+            }
+            None => {}
+        }
+        cmd.output().unwrap()
+    };
+    let refused = kiln(None);
+    assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unauthorized"), "{refused:?}");
+    for how in ["env", "flag"] {
+        let ok = kiln(Some((how, &secret)));
+        assert!(ok.status.success(), "{how}: {}", String::from_utf8_lossy(&ok.stderr));
+        assert!(String::from_utf8_lossy(&ok.stdout).contains("queued"), "{ok:?}");
+    }
+
+    let log = api.output();
+    assert!(log.contains("token="), "the request spans name the token's id:\n{log}");
+    for needle in [&secret[..], &secret[5..], &mangled[5..]] {
+        assert!(!log.contains(needle), "the API logged a token:\n{log}");
+    }
+    assert_eq!(create.output().matches(&secret).count(), 1);
+}
