@@ -34,7 +34,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
@@ -390,25 +389,11 @@ impl Rejection {
     }
 
     fn registry(self) -> Response {
-        let code = match self.status {
-            StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
-            StatusCode::FORBIDDEN => "DENIED",
-            StatusCode::TOO_MANY_REQUESTS => "TOOMANYREQUESTS",
-            StatusCode::PAYLOAD_TOO_LARGE => "SIZE_INVALID",
-            _ => "UNAVAILABLE",
-        };
-        let body =
-            serde_json::json!({"errors": [{"code": code, "message": self.message, "detail": {"code": self.code}}]});
-        let mut resp = (self.status, Json(body)).into_response();
-        let h = resp.headers_mut();
-        h.insert(HeaderName::from_static("docker-distribution-api-version"), HeaderValue::from_static("registry/2.0"));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if self.challenge.is_some() {
-            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"kiln\", charset=\"UTF-8\""));
-        }
-        if let Some(s) = self.retry_after {
-            h.insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
+        let mut resp = crate::registry::error::RegistryError::from(ApiError::from(self)).into_response();
+        resp.headers_mut().insert(
+            HeaderName::from_static(crate::registry::API_VERSION_HEADER),
+            HeaderValue::from_static("registry/2.0"),
+        );
         resp
     }
 }

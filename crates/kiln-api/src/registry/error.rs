@@ -12,6 +12,10 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 
+/// What a registry client is asked for when it needs a token: the token
+/// as the password of Basic auth.
+pub const BASIC_CHALLENGE: &str = "Basic realm=\"kiln\", charset=\"UTF-8\"";
+
 /// An error answered on `/v2/`.
 #[derive(Debug, Clone)]
 pub struct RegistryError {
@@ -75,6 +79,8 @@ impl From<ApiError> for RegistryError {
             400 if field.starts_with("plugins") => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
             400 if matches!(field.as_str(), "os" | "arch" | "arm") => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
             400 => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
+            401 => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            403 => (StatusCode::FORBIDDEN, "DENIED"),
             404 => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
             429 => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             s if s >= 500 => (e.status, "UNAVAILABLE"),
@@ -89,8 +95,12 @@ impl From<ApiError> for RegistryError {
             detail.insert("log".into(), json!(l));
         }
         let mut r = RegistryError::new(status, code, e.message.clone()).with_detail(Value::Object(detail));
-        // `Retry-After` and friends survive the translation.
-        r.headers = e.detail.headers.clone();
+        // `Retry-After` and friends survive the translation; a registry
+        // client is asked for Basic credentials (docker login), not Bearer.
+        r.headers = e.detail.headers.iter().filter(|(n, _)| n != header::WWW_AUTHENTICATE).cloned().collect();
+        if e.status == StatusCode::UNAUTHORIZED {
+            r.headers.push((header::WWW_AUTHENTICATE, HeaderValue::from_static(BASIC_CHALLENGE)));
+        }
         r
     }
 }

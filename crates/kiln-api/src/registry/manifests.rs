@@ -36,6 +36,7 @@ use serde_json::json;
 use super::DIGEST_HEADER;
 use super::error::{RegistryError, RegistryResult};
 use crate::AppState;
+use crate::auth::Caller;
 use crate::routes::builds::prepare;
 use crate::routes::compat::ended_build;
 use crate::serve::Fetch;
@@ -54,8 +55,14 @@ struct Document {
 }
 
 /// Answer a manifest request for `name` (parsed and checked).
-pub async fn manifest(state: &AppState, name: &ImageName, reference: &str, fetch: &Fetch) -> RegistryResult<Response> {
-    let result = document(state, name, reference, fetch).await;
+pub async fn manifest(
+    state: &AppState,
+    caller: &Caller,
+    name: &ImageName,
+    reference: &str,
+    fetch: &Fetch,
+) -> RegistryResult<Response> {
+    let result = document(state, caller, name, reference, fetch).await;
     let outcome = match &result {
         Ok(_) => "served",
         Err(e) if e.detail.get("api_code").is_some_and(|c| c == "build_failed") => "build_failed",
@@ -84,7 +91,13 @@ pub async fn manifest(state: &AppState, name: &ImageName, reference: &str, fetch
     Ok((StatusCode::OK, h, doc.bytes).into_response())
 }
 
-async fn document(state: &AppState, name: &ImageName, reference: &str, fetch: &Fetch) -> RegistryResult<Document> {
+async fn document(
+    state: &AppState,
+    caller: &Caller,
+    name: &ImageName,
+    reference: &str,
+    fetch: &Fetch,
+) -> RegistryResult<Document> {
     let host = fetch.headers.get(header::HOST).and_then(|v| v.to_str().ok());
     match Reference::parse(reference)? {
         Reference::Digest(d) => by_digest(state, &d).await,
@@ -97,12 +110,13 @@ async fn document(state: &AppState, name: &ImageName, reference: &str, fetch: &F
             let recipe = state.config().recipes.get(name.recipe()).expect("the name was checked");
             let platforms = tag.platforms(name.recipe(), recipe)?;
             if platform.is_some() {
-                let build = image_build(state, name, version, &platforms[0], host).await?;
+                let build = image_build(state, caller, name, version, &platforms[0], host).await?;
                 return platform_manifest(state, &build).await;
             }
-            let builds =
-                futures::future::try_join_all(platforms.iter().map(|p| image_build(state, name, version, p, host)))
-                    .await?;
+            let builds = futures::future::try_join_all(
+                platforms.iter().map(|p| image_build(state, caller, name, version, p, host)),
+            )
+            .await?;
             index(state, &builds).await
         }
     }
@@ -127,6 +141,7 @@ pub async fn tags(state: &AppState, name: &ImageName) -> RegistryResult<Response
 /// The build of `name` at `version` for `platform`, once it has an image.
 async fn image_build(
     state: &AppState,
+    caller: &Caller,
     name: &ImageName,
     version: &VersionWanted,
     platform: &Platform,
@@ -134,7 +149,7 @@ async fn image_build(
 ) -> RegistryResult<Arc<Build>> {
     let spec = prepare(state, &name.build_request(version, platform)).await?;
     let key = spec.key();
-    let build = ended_build(state, &spec, &key, "registry").await.map_err(|e| match e.code {
+    let build = ended_build(state, caller, &spec, &key, "registry").await.map_err(|e| match e.code {
         "build_pending" => pending(&key, state.config().api.compat_timeout_secs),
         _ => e.into(),
     })?;

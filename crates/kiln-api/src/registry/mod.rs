@@ -19,8 +19,12 @@
 //! errors are in the registry's shape ([`error`]). Paths are read raw, not
 //! percent-decoded: a `%` is never part of a valid name, tag or digest.
 //! Nothing here compresses: a manifest's bytes and length are the stored
-//! ones. [`router`] is the one place these routes are made, so a layer
-//! (authentication) can be put over all of them.
+//! ones. [`router`] is the one place these routes are made.
+//!
+//! In a private farm every route here needs a token with the `download`
+//! scope (the ping included, so `docker login` asks for one), and a pull
+//! that has to start a build also `submit`; refusals come in this shape with
+//! `WWW-Authenticate: Basic realm="kiln"` (see [`crate::auth`]).
 
 mod blobs;
 pub mod error;
@@ -35,6 +39,7 @@ use axum::routing::any;
 use kiln_domain::image_ref::ImageName;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::serve::Fetch;
 use error::{RegistryError, RegistryResult};
 
@@ -53,7 +58,9 @@ pub fn router(state: AppState) -> Router<AppState> {
         .layer(axum::middleware::from_fn_with_state(state, mark))
 }
 
-/// `GET /v2/`: this is a registry, and it needs no login.
+/// `GET /v2/`: this is a registry. In a private farm the guard
+/// ([`crate::auth`]) has already asked for a token (`401` with
+/// `WWW-Authenticate: Basic`), which is how `docker login` learns to send one.
 async fn base(method: Method) -> Response {
     if method != Method::GET && method != Method::HEAD {
         return RegistryError::unsupported("this registry only serves pulls").into_response();
@@ -116,7 +123,7 @@ fn route(path: &str) -> RegistryResult<Route<'_>> {
 }
 
 /// Every `/v2/<…>` request.
-async fn dispatch(State(state): State<AppState>, fetch: Fetch, uri: axum::http::Uri) -> Response {
+async fn dispatch(State(state): State<AppState>, caller: Caller, fetch: Fetch, uri: axum::http::Uri) -> Response {
     let path = uri.path().strip_prefix("/v2/").unwrap_or_default();
     let answer = async {
         let route = route(path)?;
@@ -129,7 +136,7 @@ async fn dispatch(State(state): State<AppState>, fetch: Fetch, uri: axum::http::
             ))),
             Route::Manifest { name, reference } => {
                 let name = checked_name(&state, name)?;
-                manifests::manifest(&state, &name, reference, &fetch).await
+                manifests::manifest(&state, &caller, &name, reference, &fetch).await
             }
             Route::Blob { name, digest } => {
                 checked_name(&state, name)?;

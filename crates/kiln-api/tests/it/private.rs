@@ -522,3 +522,94 @@ async fn a_token_never_appears_in_logs_and_the_cli_sends_it() {
     }
     assert_eq!(create.output().matches(&secret).count(), 1);
 }
+
+/// `docker login` with a token, then `docker pull` and `docker run`, against
+/// a private farm; an anonymous pull is refused with `401` in the registry's
+/// shape and a Basic challenge.
+#[tokio::test]
+async fn docker_logs_in_with_a_token_and_pulls_from_a_private_farm() {
+    use std::process::{Command, Stdio};
+
+    use crate::registry::{run, run_failing};
+
+    if !kiln_testkit::docker_available("docker_logs_in_with_a_token_and_pulls_from_a_private_farm") {
+        return;
+    }
+    let f = crate::farm::ApiFarm::with_worker(&[("KILN_AUTH_MODE", "tokens")]).await;
+    let queue = f.farm.db.queue(QueueSettings::default());
+    let (_, puller) = token(&queue, "puller", "download,submit").await;
+    let (_, reader) = token(&queue, "reader", "download").await;
+    let registry = f.registry();
+    let reference = format!("{registry}/hello/example.com__greet:v1.1.0-linux-amd64");
+
+    // Anonymous: 401 in the registry's shape, asking for Basic credentials.
+    for path in ["/v2/", "/v2/hello/manifests/v1.1.0-linux-amd64", "/v2/hello/tags/list"] {
+        let r = f.http.get(f.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"kiln\", charset=\"UTF-8\"", "{path}");
+        assert_eq!(r.headers()["docker-distribution-api-version"], "registry/2.0");
+        let j: Value = r.json().await.unwrap();
+        assert_eq!(j["errors"][0]["code"], "UNAUTHORIZED", "{j}");
+    }
+    // A token without `submit` may not start the image's build.
+    let r = f
+        .http
+        .get(f.url("/v2/hello/manifests/v1.1.0-linux-amd64"))
+        .basic_auth("ci", Some(&reader))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.json::<Value>().await.unwrap()["errors"][0]["code"], "DENIED");
+    assert_eq!(f.build_count().await, 0);
+
+    // docker, with a configuration of this test's own.
+    let config = tempfile::tempdir().unwrap();
+    let docker = |args: &[&str]| {
+        let mut cmd = Command::new("docker");
+        cmd.env("DOCKER_CONFIG", config.path()).args(args);
+        cmd
+    };
+    let refused = run_failing(&mut docker(&["pull", &reference]));
+    assert!(
+        refused.to_lowercase().contains("unauthorized") || refused.contains("no basic auth credentials"),
+        "{refused}"
+    );
+
+    let mut login = docker(&["login", "--username", "kiln", "--password-stdin", &registry])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut login.stdin.take().unwrap(), puller.as_bytes()).unwrap();
+    let out = login.wait_with_output().unwrap();
+    assert!(out.status.success(), "docker login: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Login Succeeded"), "{out:?}");
+
+    let _cleanup = Removed(reference.clone());
+    run(&mut docker(&["pull", &reference]));
+    let said = run(&mut docker(&["run", "--rm", &reference]));
+    assert!(said.contains("hello from kiln v1.1.0 linux/amd64"), "{said}\n{}", f.logs());
+    assert!(!f.logs().contains(&puller[5..]), "a token reached a log");
+
+    // Once built, a download-only token pulls it too.
+    let r = f
+        .http
+        .get(f.url("/v2/hello/example.com__greet/manifests/v1.1.0-linux-amd64"))
+        .basic_auth("ci", Some(&reader))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// An image removed from the engine when the test ends.
+struct Removed(String);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker").args(["rmi", "-f", &self.0]).output();
+    }
+}
