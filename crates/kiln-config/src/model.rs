@@ -252,6 +252,12 @@ pub struct WorkerConfig {
     /// missing.
     pub network_helper_image: String,
     pub preemption: PreemptionConfig,
+    /// Below this much free space on `work_dir`'s filesystem the worker
+    /// stops claiming (0: never).
+    pub min_free_disk_mb: u64,
+    /// How often the worker removes containers, work directories and mounts
+    /// of builds it does not hold whose worker is gone or lease has lapsed.
+    pub sweep_secs: u64,
 }
 
 impl Default for WorkerConfig {
@@ -268,6 +274,8 @@ impl Default for WorkerConfig {
             build_network: "kiln-build".into(),
             network_helper_image: "busybox:1.36".into(),
             preemption: PreemptionConfig::default(),
+            min_free_disk_mb: 1024,
+            sweep_secs: 60,
         }
     }
 }
@@ -282,12 +290,39 @@ pub struct ContainerLimits {
     pub user: String,
     /// Size of the tmpfs at `/tmp`.
     pub tmpfs_mb: u64,
+    /// Everything a build's steps may write under `/work`, in MiB (0: no limit).
+    pub disk_mb: u64,
+    /// How `disk_mb` is enforced.
+    pub disk_enforcement: DiskEnforcement,
 }
 
 impl Default for ContainerLimits {
     fn default() -> Self {
-        Self { memory_mb: 2048, cpus: 2.0, pids: 512, user: "65534:65534".into(), tmpfs_mb: 256 }
+        Self {
+            memory_mb: 2048,
+            cpus: 2.0,
+            pids: 512,
+            user: "65534:65534".into(),
+            tmpfs_mb: 256,
+            disk_mb: 4096,
+            disk_enforcement: DiskEnforcement::Auto,
+        }
     }
+}
+
+/// How a build's disk limit is enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskEnforcement {
+    /// `filesystem` when the worker can mount one, else `watcher`.
+    #[default]
+    Auto,
+    /// A loop-mounted ext4 image of `disk_mb` per build: a hard size.
+    /// The worker refuses to start when it cannot mount one.
+    Filesystem,
+    /// The worker measures `/work` while steps run and kills a step past the
+    /// limit (a bounded overshoot).
+    Watcher,
 }
 
 /// Which preemption detector a worker runs.
@@ -480,6 +515,12 @@ impl Config {
             || self.worker.limits.user == "root"
         {
             return Err(("worker.limits.user".into(), "build steps never run as root".into()));
+        }
+        if self.worker.sweep_secs == 0 {
+            return Err(("worker.sweep_secs".into(), "must be at least 1".into()));
+        }
+        if self.worker.limits.disk_mb > 0 && self.worker.limits.disk_mb < 8 {
+            return Err(("worker.limits.disk_mb".into(), "at least 8 (MiB), or 0 for no limit".into()));
         }
         if !is_docker_name(&self.worker.build_network) {
             return Err((

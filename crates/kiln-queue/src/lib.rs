@@ -35,5 +35,5 @@ pub use queue::leases::{Claim, HandBack, HeartbeatOutcome, Lease, RetryOutcome};
 pub use queue::maintenance::{Expirable, ExpiryPolicy, JanitorRun, Removal, RescueReport};
 pub use queue::stats::RecipeStats;
 pub use queue::tokens::Token;
-pub use queue::workers::{WorkerInfo, WorkerRow};
+pub use queue::workers::{HostWork, WorkerInfo, WorkerRow};
 pub use queue::{Queue, QueueSettings};

@@ -9,7 +9,7 @@ mod embedded {
 }
 
 /// The schema version this build expects: the newest migration's version.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// An arbitrary constant: the advisory lock that serialises migrators.
 const MIGRATION_LOCK: i64 = 0x6b696c6e_6d696772;

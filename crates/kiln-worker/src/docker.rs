@@ -6,7 +6,8 @@
 //! all capabilities dropped;
 //! `no-new-privileges`; a read-only root filesystem with a tmpfs `/tmp`; a
 //! non-root user; memory (without swap), CPU and pid limits; and labels
-//! (`kiln.build`, `kiln.worker`) by which orphans are found. The step's
+//! (`kiln.farm`, `kiln.worker`, `kiln.build`, `kiln.attempt`) by which
+//! orphans are found. The step's
 //! output is forwarded as it arrives; a wall-clock timeout or a cancellation
 //! kills the container. The container is removed afterwards in every case,
 //! even when the future running it is dropped.
@@ -49,6 +50,10 @@ use tokio_util::sync::CancellationToken;
 pub(crate) const LABEL_BUILD: &str = "kiln.build";
 /// Label carrying the worker id on every step container.
 pub(crate) const LABEL_WORKER: &str = "kiln.worker";
+/// Label carrying the farm's identity on every step container.
+pub(crate) const LABEL_FARM: &str = "kiln.farm";
+/// Label carrying the attempt (the lease's token) on every step container.
+pub(crate) const LABEL_ATTEMPT: &str = "kiln.attempt";
 /// Label carrying the step name.
 pub(crate) const LABEL_STEP: &str = "kiln.step";
 /// Label on a build network the worker created.
@@ -436,26 +441,9 @@ impl Engine {
         }
     }
 
-    /// Kill and remove every container carrying `label=value`. Returns how many.
-    pub(crate) async fn remove_labelled(&self, label: &str, value: &str) -> Result<usize, DockerError> {
-        let found = self.list(&format!("{label}={value}")).await?;
-        self.remove_ids(&found.into_iter().filter_map(|c| c.id).collect::<Vec<_>>()).await
-    }
-
-    /// Containers carrying `label`, grouped by the value of `group`.
-    pub(crate) async fn labelled_by(
-        &self,
-        label: &str,
-        group: &str,
-    ) -> Result<HashMap<String, Vec<String>>, DockerError> {
-        let mut out: HashMap<String, Vec<String>> = HashMap::new();
-        for c in self.list(label).await? {
-            let value = c.labels.as_ref().and_then(|l| l.get(group)).cloned();
-            if let (Some(id), Some(value)) = (c.id, value) {
-                out.entry(value).or_default().push(id);
-            }
-        }
-        Ok(out)
+    /// Containers (running or not) carrying `label`: their ids and labels.
+    pub(crate) async fn labelled(&self, label: &str) -> Result<Vec<(String, HashMap<String, String>)>, DockerError> {
+        Ok(self.list(label).await?.into_iter().filter_map(|c| Some((c.id?, c.labels.unwrap_or_default()))).collect())
     }
 
     /// Kill and remove these containers. Returns how many were removed.

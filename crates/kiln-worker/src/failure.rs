@@ -12,10 +12,16 @@
 //!
 //! A stopped job (cancelled, preempted, shut down, lease lost) is neither;
 //! see [`crate::control::StopReason`].
+//!
+//! Users read every failure's message (the build's error, its log, the
+//! page), so [`Failure::public`] hides the worker's host paths in it: a
+//! path inside an attempt's `work/` becomes `/work/…`, as the steps see it,
+//! and the worker's directories and files become the name of their key.
 
 use std::path::Path;
 
 use kiln_artifact::ArtifactError;
+use kiln_config::{Config, StorageKind};
 
 use crate::docker::{DockerError, Exit};
 
@@ -28,6 +34,68 @@ pub(crate) enum Failure {
     Infra(String),
     /// Stopped from outside; the job's control says why.
     Stopped,
+}
+
+impl Failure {
+    /// The same failure with the worker's host paths hidden from its message.
+    pub(crate) fn public(self, config: &Config) -> Failure {
+        match self {
+            Failure::Build(m) => Failure::Build(hide_host_paths(&m, config)),
+            Failure::Infra(m) => Failure::Infra(hide_host_paths(&m, config)),
+            Failure::Stopped => Failure::Stopped,
+        }
+    }
+}
+
+/// `msg` with the worker's host paths replaced: `<work_dir>/<attempt>/work`
+/// by `/work`, any other path under `worker.work_dir`, the local storage and
+/// the signing key by the name of their key.
+pub(crate) fn hide_host_paths(msg: &str, config: &Config) -> String {
+    let mut bases: Vec<(String, &str)> = Vec::new();
+    let mut add = |path: &Path, name: &'static str| {
+        let canonical = path.canonicalize().ok();
+        for p in std::iter::once(path).chain(canonical.as_deref()) {
+            let text = p.display().to_string();
+            if text.len() > 1 && !bases.iter().any(|(b, _)| *b == text) {
+                bases.push((text, name));
+            }
+        }
+    };
+    add(&config.worker.work_dir, "[worker.work_dir]");
+    if let (StorageKind::Local, Some(local)) = (config.storage.kind, &config.storage.local) {
+        add(&local.path, "[storage.local.path]");
+    }
+    add(&config.signing.secret_key, "[signing.secret_key]");
+    // Longest first, so a base inside another is not cut in two.
+    bases.sort_by_key(|(b, _)| std::cmp::Reverse(b.len()));
+    let mut text = msg.to_owned();
+    for (base, name) in &bases {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find(base.as_str()) {
+            out.push_str(&rest[..i]);
+            rest = &rest[i + base.len()..];
+            if *name == "[worker.work_dir]"
+                && let Some(after) = inside_work(rest)
+            {
+                out.push_str("/work");
+                rest = after;
+            } else {
+                out.push_str(name);
+            }
+        }
+        out.push_str(rest);
+        text = out;
+    }
+    text
+}
+
+/// After `<work_dir>`: `/<attempt>/work` and what follows it, if that is where it points.
+fn inside_work(rest: &str) -> Option<&str> {
+    let after = rest.strip_prefix('/')?;
+    let end = after.find(|c: char| c == '/' || c.is_whitespace() || ":\"'".contains(c))?;
+    let after = after[end..].strip_prefix("/work")?;
+    after.chars().next().is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '-' || c == '.')).then_some(after)
 }
 
 impl From<DockerError> for Failure {
@@ -72,6 +140,8 @@ pub(crate) fn step_outcome(exit: Exit) -> (Option<i64>, &'static str) {
 
 /// The outcome of a step whose container could not be run.
 pub(crate) const STEP_ERROR: &str = "error";
+/// The outcome of a step stopped by the build's disk limit.
+pub(crate) const DISK_EXCEEDED: &str = "disk_limit_exceeded";
 
 /// What a step's end means for the build. A failure quotes the step's
 /// last output (`tail`); `memory_mb` and `timeout_secs` are its limits.
@@ -133,6 +203,30 @@ mod tests {
         assert!(m.contains("timed out after 60s"), "{m}");
         assert!(matches!(step_result("build", Exit::Killed, "", 256, 60), Err(Failure::Stopped)));
         assert_eq!(step_outcome(Exit::OutOfMemory), (Some(137), "out_of_memory"));
+    }
+
+    #[test]
+    fn host_paths_are_hidden() {
+        let text = include_str!("../../../config.test.yml");
+        let env = |k: &str| match k {
+            "DATABASE_URL" => Some("postgres://x/y".to_owned()),
+            "KILN_DATA_DIR" => Some("/srv/kiln-data".to_owned()),
+            _ => None,
+        };
+        let config = Config::parse(text, "config.test.yml", &env).unwrap();
+        let msg = "out/ cannot be packed: /srv/kiln-data/work/3fd6a1-Xy12/work/out/sub: symlink to /etc leaves \
+                   the directory; /srv/kiln-data/work/3fd6a1-Xy12/artifact.tar: no space; \
+                   /srv/kiln-data/artifacts/ab/cd: denied; /srv/kiln-data/kiln.key: unreadable; \
+                   \"/srv/kiln-data/work/3fd6a1-Xy12/work\"";
+        let public = hide_host_paths(msg, &config);
+        assert!(!public.contains("/srv/kiln-data"), "{public}");
+        assert!(public.contains("packed: /work/out/sub: symlink to /etc"), "{public}");
+        assert!(public.contains("[worker.work_dir]/3fd6a1-Xy12/artifact.tar: no space"), "{public}");
+        assert!(public.contains("[storage.local.path]/ab/cd"), "{public}");
+        assert!(public.contains("[signing.secret_key]: unreadable"), "{public}");
+        assert!(public.ends_with("\"/work\""), "{public}");
+        let Failure::Build(m) = Failure::Build(msg.into()).public(&config) else { panic!() };
+        assert_eq!(m, public);
     }
 
     #[test]

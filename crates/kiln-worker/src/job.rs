@@ -14,7 +14,6 @@
 //! - preemption or shutdown: [`Queue::hand_back`], no attempt consumed;
 //! - the lease was lost: nothing at all, the job is someone else's now.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,14 +30,15 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::control::{JobControl, StopReason};
-use crate::docker::{BuildNetwork, ContainerSpec, Engine, ImageInfo, LABEL_BUILD, LABEL_STEP, LABEL_WORKER};
+use crate::disk::{self, DiskPolicy};
+use crate::docker::{BuildNetwork, ContainerSpec, Engine, ImageInfo};
 use crate::failure::{self, Failure, io_failure};
 use crate::fence::{self, Renewal};
 use crate::image;
 use crate::log::{self, LogRecord, TailBuffer};
 use crate::manifest::{self, Facts};
 use crate::render::{self, RenderedStep};
-use crate::workdir::WorkDir;
+use crate::workdir::{Owner, WorkDir};
 
 /// Lines of a failing step's output quoted in the build's error.
 const ERROR_TAIL_LINES: usize = 20;
@@ -53,6 +53,9 @@ pub(crate) struct JobContext {
     pub storage: Storage,
     pub signer: Arc<Signer>,
     pub engine: Engine,
+    /// This farm's identity, on every container and work directory.
+    pub farm: String,
+    pub disk: DiskPolicy,
 }
 
 /// How a job ended, as reported to the queue.
@@ -94,11 +97,12 @@ pub(crate) async fn run(ctx: &JobContext, claim: Claim, control: Arc<JobControl>
                     Ok(()) => JobEnd::Succeeded,
                     Err(e) => fence::report_failed(&lease, e),
                 },
-                Err(f) => attempt.report(f, &record).await,
+                Err(f) => attempt.report(f.public(&ctx.config), &record).await,
             };
             (end, record)
         }
         Err(f) => {
+            let f = f.public(&ctx.config);
             match &f {
                 Failure::Build(m) | Failure::Infra(m) => attempt.say(&format!("==> failed: {m}\n")).await,
                 Failure::Stopped => attempt.say("==> stopped\n").await,
@@ -210,7 +214,14 @@ impl Attempt<'_> {
         if let Some(cache) = &recipe.cache {
             self.ctx.engine.prepare_cache(&recipe.image, cache, &self.ctx.config.worker.limits.user).await?;
         }
-        let dir = WorkDir::create(&self.ctx.config.worker.work_dir, self.key(), &self.ctx.config.worker.limits.user)?;
+        let owner = Owner {
+            farm: self.ctx.farm.clone(),
+            worker: self.ctx.worker_id.clone(),
+            build: self.key().to_string(),
+            attempt: self.claim.lease.attempt_id,
+        };
+        let worker = &self.ctx.config.worker;
+        let dir = WorkDir::create(&worker.work_dir, &owner, &worker.limits.user, self.ctx.disk).await?;
         let total = steps.len();
         for (index, step) in steps.iter().enumerate() {
             if self.control.token().is_cancelled() {
@@ -226,7 +237,7 @@ impl Attempt<'_> {
         failure::check_output(dir.root(), &out, &binary_name)?;
         let binary_path = out.join(&binary_name);
         self.say("==> packing out/\n").await;
-        let tar = dir.root().join("artifact.tar");
+        let tar = dir.artifact_tar();
         let key = self.key().clone();
         let signer = self.ctx.signer.clone();
         let (packed, signature, binary_sha256, binary_size) = {
@@ -284,19 +295,18 @@ impl Attempt<'_> {
             work_dir: dir.root().to_path_buf(),
             cache: recipe.cache.clone(),
             limits: ctx.config.worker.limits.clone(),
-            labels: HashMap::from([
-                (LABEL_BUILD.to_owned(), self.key().to_string()),
-                (LABEL_WORKER.to_owned(), ctx.worker_id.clone()),
-                (LABEL_STEP.to_owned(), step.name.clone()),
-            ]),
+            labels: crate::sweep::labels(ctx, &self.claim.lease, &step.name),
         };
 
         // The step's output goes to the build log; its tail is kept for the error.
         let (step_tx, mut step_rx) = mpsc::channel::<Bytes>(64);
         let started_at = Utc::now();
         let clock = Instant::now();
+        // The disk watcher stops the step through a token of its own.
+        let step_token = self.control.token().child_token();
+        let watch = ctx.disk.watch(dir.root(), &step_token);
         let run = async {
-            let r = ctx.engine.run(&spec, &step_tx, self.control.token()).await;
+            let r = ctx.engine.run(&spec, &step_tx, &step_token).await;
             drop(step_tx);
             r
         };
@@ -312,6 +322,7 @@ impl Attempt<'_> {
             tail
         };
         let (result, tail) = tokio::join!(run, forward);
+        let over_disk = watch.finish().await;
         let seconds = clock.elapsed().as_secs_f64();
         let record = |exit_code, outcome: &str| StepRecord {
             name: step.name.clone(),
@@ -327,7 +338,12 @@ impl Attempt<'_> {
                 return Err(e.into());
             }
         };
-        let (exit_code, outcome) = failure::step_outcome(run.exit);
+        // Stopped from outside, the stop's reason wins over the disk's.
+        let over_disk = over_disk.filter(|_| self.control.reason().is_none());
+        let (exit_code, outcome) = match over_disk {
+            Some(_) => (None, failure::DISK_EXCEEDED),
+            None => failure::step_outcome(run.exit),
+        };
         self.steps.push(record(exit_code, outcome));
         self.event(
             EventKind::StepFinished,
@@ -335,6 +351,9 @@ impl Attempt<'_> {
         )
         .await;
         self.say(&format!("==> [{}/{total}] {} {outcome} in {seconds:.1}s\n", index + 1, step.name)).await;
+        if let Some(held) = over_disk {
+            return Err(Failure::Build(disk::exceeded_message(&step.name, ctx.disk.limit_mb, held)));
+        }
         let tail = log::tail(&tail.text(), ERROR_TAIL_LINES);
         let limits = &ctx.config.worker.limits;
         failure::step_result(&step.name, run.exit, &tail, limits.memory_mb, step.timeout.as_secs())

@@ -11,11 +11,17 @@
 //! - [`docker`]: one step in a fresh, locked-down container.
 //! - `log`: the live log, batched into Postgres and kept for `log.txt`.
 //! - `preempt`: the preemption detectors (GCE, AWS, Azure, a file).
+//! - [`disk`]: the disk limit of a build (a per-build filesystem or a
+//!   watcher) and the worker's own free disk.
+//! - `sweep`: removing other builds' orphans (containers, directories,
+//!   mounts) from the host.
 //!
 //! [`render`] and [`docker`] are public for the recipe tests, which run
-//! rendered steps in real containers; the rest is the crate's own.
+//! rendered steps in real containers, [`disk`] for the disk benchmark; the
+//! rest is the crate's own.
 
 mod control;
+pub mod disk;
 pub mod docker;
 mod failure;
 mod fence;
@@ -25,6 +31,7 @@ mod log;
 mod manifest;
 mod preempt;
 pub mod render;
+mod sweep;
 mod workdir;
 mod worker;
 

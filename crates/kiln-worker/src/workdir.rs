@@ -1,22 +1,38 @@
-//! The per-attempt temporary directory on the host, mounted at `/work`
-//! ([`WorkDir`]).
+//! The per-attempt directory on the host ([`WorkDir`]): `work/` is
+//! mounted at `/work`; beside it, out of the steps' reach, the attempt's
+//! owner (`owner.json`: farm, worker, build, attempt; what the orphan sweep
+//! reads), its disk image when the disk limit is a filesystem
+//! ([`crate::disk`]), and the packed artifact.
 //!
-//! Its root belongs to the worker and is not writable by the step user, so a
-//! step cannot swap `src/` or `out/` for something else; `src/` and `out/`
-//! belong to the step user (when the worker may `chown`, i.e. runs as root)
-//! or are world-writable (when it may not). It is removed on every path:
-//! explicitly after a successful upload, or when dropped.
+//! The root of `work/` belongs to the worker and is not writable by the step
+//! user, so a step cannot swap `src/` or `out/` for something else; `src/`
+//! and `out/` belong to the step user (when the worker may `chown`, i.e.
+//! runs as root) or are world-writable (when it may not). Everything is
+//! unmounted and removed on every path: explicitly after a successful
+//! upload, or when dropped (and by a later sweep if the worker died).
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use kiln_domain::BuildKey;
+use serde::{Deserialize, Serialize};
 
-use crate::failure::{Failure, io_failure};
+use crate::disk::{self, DiskPolicy};
+use crate::failure::Failure;
 
-/// The attempt's temporary directory: `src/` and `out/` writable by the step
-/// user, mounted at `/work`. Removed when dropped.
+/// The file in an attempt's directory that says whose it is.
+const OWNER_FILE: &str = "owner.json";
+
+/// Whose an attempt's directory is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Owner {
+    pub farm: String,
+    pub worker: String,
+    pub build: String,
+    pub attempt: i64,
+}
+
+/// The attempt's directory. Unmounted and removed when dropped.
 #[derive(Debug)]
 pub(crate) struct WorkDir {
     root: PathBuf,
@@ -24,16 +40,46 @@ pub(crate) struct WorkDir {
 }
 
 impl WorkDir {
-    /// A new directory for build `key` under `work_dir`, for step user `user`.
-    pub(crate) fn create(work_dir: &Path, key: &BuildKey, user: &str) -> Result<WorkDir, Failure> {
-        std::fs::create_dir_all(work_dir).map_err(io_failure("creating", work_dir))?;
+    /// A new directory under `work_dir` for `owner`'s attempt, for step user
+    /// `user`, with `disk`'s limit on `work/`.
+    pub(crate) async fn create(
+        work_dir: &Path,
+        owner: &Owner,
+        user: &str,
+        disk: DiskPolicy,
+    ) -> Result<WorkDir, Failure> {
+        let (work_dir, owner, user) = (work_dir.to_path_buf(), owner.clone(), user.to_owned());
+        tokio::task::spawn_blocking(move || Self::create_blocking(&work_dir, &owner, &user, disk))
+            .await
+            .map_err(|e| Failure::Infra(format!("creating the work directory: {e}")))?
+    }
+
+    fn create_blocking(work_dir: &Path, owner: &Owner, user: &str, disk: DiskPolicy) -> Result<WorkDir, Failure> {
+        // Errors name worker.work_dir, never the host path: build errors are public.
+        fn fail(what: &'static str) -> impl FnOnce(io::Error) -> Failure {
+            move |e| Failure::Infra(format!("{what} in worker.work_dir: {e}"))
+        }
+        std::fs::create_dir_all(work_dir).map_err(fail("creating the directory"))?;
+        let short = owner.build.get(..12).unwrap_or(&owner.build);
         let dir = tempfile::Builder::new()
-            .prefix(&format!("{}-", key.short()))
+            .prefix(&format!("{short}-"))
             .tempdir_in(work_dir)
-            .map_err(io_failure("creating a directory in", work_dir))?;
-        let root = dir.path().canonicalize().map_err(io_failure("resolving", dir.path()))?;
-        prepare(&root, user).map_err(|e| Failure::Infra(format!("{}: {e}", root.display())))?;
-        Ok(WorkDir { root, guard: Some(dir) })
+            .map_err(fail("creating an attempt's directory"))?;
+        let text = serde_json::to_vec(owner).expect("an owner serializes");
+        std::fs::write(dir.path().join(OWNER_FILE), text).map_err(fail("writing the attempt's owner"))?;
+        let work = dir.path().join("work");
+        std::fs::create_dir(&work).map_err(fail("creating work/"))?;
+        // From here on, dropping `this` unmounts and removes everything.
+        let mut this = WorkDir { root: work.clone(), guard: Some(dir) };
+        disk.attach(&this.base().join("disk.img"), &work).map_err(fail("making the build's filesystem"))?;
+        this.root = work.canonicalize().map_err(fail("resolving work/"))?;
+        prepare(&this.root, user).map_err(fail("preparing /work"))?;
+        Ok(this)
+    }
+
+    /// The directory holding `work/` and the attempt's other files.
+    fn base(&self) -> &Path {
+        self.guard.as_ref().map_or(&self.root, |d| d.path())
     }
 
     /// The directory mounted at `/work`.
@@ -45,10 +91,16 @@ impl WorkDir {
         self.root.join("out")
     }
 
-    /// Remove the directory now, off the async threads.
+    /// Where the artifact is packed: beside `work/`, so it does not count
+    /// against the build's disk limit a second time.
+    pub(crate) fn artifact_tar(&self) -> PathBuf {
+        self.base().join("artifact.tar")
+    }
+
+    /// Unmount and remove the directory now, off the async threads.
     pub(crate) async fn remove(mut self) {
         if let Some(dir) = self.guard.take() {
-            let _ = tokio::task::spawn_blocking(move || remove(dir)).await;
+            let _ = tokio::task::spawn_blocking(move || remove(dir.keep())).await;
         }
     }
 }
@@ -56,12 +108,27 @@ impl WorkDir {
 impl Drop for WorkDir {
     fn drop(&mut self) {
         if let Some(dir) = self.guard.take() {
+            let path = dir.keep();
             match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn_blocking(move || remove(dir))),
-                Err(_) => remove(dir),
+                Ok(rt) => drop(rt.spawn_blocking(move || remove(path))),
+                Err(_) => remove(path),
             }
         }
     }
+}
+
+/// The owner of an attempt's directory, when `dir` is one.
+pub(crate) fn owner_of(dir: &Path) -> Option<Owner> {
+    serde_json::from_slice(&std::fs::read(dir.join(OWNER_FILE)).ok()?).ok()
+}
+
+/// Unmount an attempt's `work/` and delete its directory. Blocking.
+pub(crate) fn remove(base: PathBuf) {
+    let work = base.join("work");
+    if let Err(e) = disk::detach(&work) {
+        tracing::warn!(path = %work.display(), error = %e, "could not unmount a build's filesystem");
+    }
+    remove_tree(&base);
 }
 
 /// Make `root` traversable and create `src/` and `out/` for the step user
@@ -88,15 +155,14 @@ fn parse_user(user: &str) -> (Option<u32>, Option<u32>) {
 /// Delete the directory. Steps may leave read-only directories behind (Go's
 /// module cache does), which a non-root worker cannot empty: make everything
 /// writable and try again before giving up.
-fn remove(dir: tempfile::TempDir) {
-    let path = dir.path().to_path_buf();
-    if dir.close().is_ok() {
+fn remove_tree(path: &Path) {
+    if std::fs::remove_dir_all(path).is_ok() || !path.exists() {
         return;
     }
-    for entry in walk(&path) {
+    for entry in walk(path) {
         let _ = std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o700));
     }
-    if let Err(e) = std::fs::remove_dir_all(&path) {
+    if let Err(e) = std::fs::remove_dir_all(path) {
         tracing::warn!(path = %path.display(), error = %e, "could not remove a work directory");
     }
 }
@@ -139,8 +205,8 @@ mod tests {
         std::fs::create_dir(&ro).unwrap();
         std::fs::write(ro.join("f"), "x").unwrap();
         std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
-        let path = dir.path().to_path_buf();
-        remove(dir);
+        let path = dir.keep();
+        remove_tree(&path);
         assert!(!path.exists());
     }
 }

@@ -3,9 +3,16 @@
 //! [`Worker::start`] connects to Postgres (refusing an unmigrated database),
 //! Docker and the object store, refuses a build network that exists but is
 //! not isolated (a missing one is made by the first networked step), loads the signing key,
-//! removes orphan containers, and registers the worker. [`Worker::run`] then claims up to
+//! chooses how the disk limit of builds is kept ([`crate::disk`]), removes
+//! orphans ([`crate::sweep`]), and registers the worker. [`Worker::run`] then claims up to
 //! `worker.concurrency` jobs, sleeping on `NOTIFY kiln_jobs` when idle (with
 //! a `worker.poll_secs` poll as the fallback), and keeps its row fresh.
+//!
+//! Before each claim it checks the free space of `worker.work_dir`'s
+//! filesystem: below `worker.min_free_disk_mb` it claims nothing, and says
+//! so once in its log and in its worker row, until space returns
+//! ([`DiskGate`]). Every `worker.sweep_secs` it removes orphans of other
+//! builds from its host ([`crate::sweep`]).
 //!
 //! Stopping:
 //! - `shutdown` (SIGTERM): stop claiming, let running jobs finish within
@@ -15,7 +22,7 @@
 //!   worker `preempted`; exit.
 //! - `once`: after the first claimed job has ended.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,9 +35,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::{JobControl, StopReason};
-use crate::docker::{BuildNetwork, DockerError, Engine, LABEL_BUILD, LABEL_WORKER};
+use crate::disk::{self, DiskPolicy};
+use crate::docker::{BuildNetwork, DockerError, Engine};
 use crate::job::{self, JobContext, JobEnd};
 use crate::preempt::{self, Detector};
+use crate::sweep::{self, SweepError};
 
 /// The worker could not start, or lost something it cannot do without.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +54,10 @@ pub enum WorkerError {
     Signing(#[from] ArtifactError),
     #[error("worker.work_dir: {0}")]
     WorkDir(String),
+    #[error("worker.limits.disk_enforcement: {0}")]
+    Disk(String),
+    #[error("orphan sweep: {0}")]
+    Sweep(#[from] SweepError),
 }
 
 /// Options of one run.
@@ -95,8 +108,13 @@ impl Worker {
         std::fs::create_dir_all(&config.worker.work_dir)
             .map_err(|e| WorkerError::WorkDir(format!("{}: {e}", config.worker.work_dir.display())))?;
 
-        let ctx = JobContext { worker_id, host, config: Arc::new(config), queue, storage, signer, engine };
-        remove_orphans(&ctx).await?;
+        let disk =
+            DiskPolicy::choose(&config.worker.limits, &config.worker.work_dir).await.map_err(WorkerError::Disk)?;
+        tracing::info!(mode = disk.mode.as_str(), limit_mb = disk.limit_mb, "disk limit of builds");
+        let farm = queue.farm_id().await?;
+        let config = Arc::new(config);
+        let ctx = JobContext { worker_id, host, config, queue, storage, signer, engine, farm, disk };
+        sweep::sweep(&ctx, &HashSet::new()).await?;
         ctx.queue
             .register_worker(&WorkerInfo {
                 id: ctx.worker_id.clone(),
@@ -141,6 +159,10 @@ impl Worker {
 
         let mut jobs: JoinSet<JobEnd> = JoinSet::new();
         let mut controls: HashMap<tokio::task::Id, Arc<JobControl>> = HashMap::new();
+        let mut attempts: HashMap<tokio::task::Id, i64> = HashMap::new();
+        let mut gate = DiskGate::new(wc.min_free_disk_mb);
+        let mut sweeps = tokio::time::interval(Duration::from_secs(wc.sweep_secs.max(1)));
+        sweeps.tick().await;
         let mut claimed = 0usize;
         let mut last_end: Option<JobEnd> = None;
         let mut draining = false;
@@ -149,7 +171,7 @@ impl Worker {
 
         loop {
             // Claim while there is room.
-            let may_claim = !(draining || preempted.is_cancelled());
+            let may_claim = !(draining || preempted.is_cancelled()) && gate.open(&ctx).await;
             while may_claim && jobs.len() < concurrency && !(options.once && claimed > 0) {
                 match ctx.queue.claim(&ctx.worker_id, &self.recipes).await {
                     Ok(Some(claim)) => {
@@ -157,8 +179,10 @@ impl Worker {
                         tracing::info!(build = %claim.lease.key, attempt = claim.attempt_no, recipe = %claim.spec.recipe, "claimed");
                         let control = Arc::new(JobControl::default());
                         let (c, k) = (ctx.clone(), control.clone());
+                        let attempt = claim.lease.attempt_id;
                         let handle = jobs.spawn(async move { job::run(&c, claim, k).await });
                         controls.insert(handle.id(), control);
+                        attempts.insert(handle.id(), attempt);
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -194,10 +218,12 @@ impl Worker {
                     match done {
                         Ok((id, end)) => {
                             controls.remove(&id);
+                            attempts.remove(&id);
                             last_end = Some(end);
                         }
                         Err(e) => {
                             controls.remove(&e.id());
+                            attempts.remove(&e.id());
                             tracing::error!(error = %e, "a job task failed; its lease will lapse and be rescued");
                             last_end = Some(JobEnd::Errored(e.to_string()));
                         }
@@ -220,6 +246,13 @@ impl Worker {
                 _ = seen.tick() => {
                     if let Err(e) = ctx.queue.worker_seen(&ctx.worker_id).await {
                         tracing::warn!(error = %e, "could not record that this worker is alive");
+                    }
+                    gate.report(&ctx).await;
+                }
+                _ = sweeps.tick() => {
+                    let running: HashSet<i64> = attempts.values().copied().collect();
+                    if let Err(e) = sweep::sweep(&ctx, &running).await {
+                        tracing::warn!(error = %e, "the orphan sweep failed; trying again at the next");
                     }
                 }
                 _ = wake.recv() => {}
@@ -270,25 +303,61 @@ fn served_recipes(config: &Config) -> Vec<String> {
     }
 }
 
-/// Remove step containers no live job owns: this worker's own (left by a
-/// crash of a previous process with the same id) and those of workers this
-/// database knows to be stopped, preempted or gone. Containers of workers it
-/// does not know are left alone: they may belong to another installation
-/// sharing the Docker daemon.
-async fn remove_orphans(ctx: &JobContext) -> Result<(), WorkerError> {
-    let own = ctx.engine.remove_labelled(LABEL_WORKER, &ctx.worker_id).await?;
-    let mut others = 0;
-    for (worker, ids) in ctx.engine.labelled_by(LABEL_BUILD, LABEL_WORKER).await? {
-        let dead = match ctx.queue.worker(&worker).await? {
-            Some(row) => !matches!(row.state, WorkerState::Active | WorkerState::Draining),
-            None => false,
+/// Backpressure on the worker's own disk: no claims while the free space
+/// of `worker.work_dir`'s filesystem is below `worker.min_free_disk_mb`.
+#[derive(Debug)]
+struct DiskGate {
+    min_free_mb: u64,
+    /// The last answer: free MiB, and whether that was too low.
+    last: Option<(u64, bool)>,
+}
+
+impl DiskGate {
+    fn new(min_free_mb: u64) -> Self {
+        DiskGate { min_free_mb, last: None }
+    }
+
+    /// Measure; on a change between enough and too little, say so in the
+    /// log and the worker row. Whether the worker may claim.
+    async fn open(&mut self, ctx: &JobContext) -> bool {
+        let dir = ctx.config.worker.work_dir.clone();
+        let free = match tokio::task::spawn_blocking(move || disk::free_bytes(&dir)).await {
+            Ok(Ok(bytes)) => bytes / (1024 * 1024),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot measure the free space of worker.work_dir");
+                return true;
+            }
+            Err(_) => return true,
         };
-        if dead && worker != ctx.worker_id {
-            others += ctx.engine.remove_ids(&ids).await?;
+        let low = self.min_free_mb > 0 && free < self.min_free_mb;
+        let changed = self.last.is_none_or(|(_, was)| was != low);
+        self.last = Some((free, low));
+        if changed {
+            if low {
+                tracing::warn!(
+                    free_mb = free,
+                    min_free_disk_mb = self.min_free_mb,
+                    "not claiming builds: free disk space of worker.work_dir is below worker.min_free_disk_mb"
+                );
+            } else if self.min_free_mb > 0 {
+                tracing::info!(
+                    free_mb = free,
+                    min_free_disk_mb = self.min_free_mb,
+                    "claiming builds: enough free disk space"
+                );
+            }
+            self.report(ctx).await;
+        }
+        !low
+    }
+
+    /// Record the last measurement in the worker row.
+    async fn report(&self, ctx: &JobContext) {
+        if let Some((free, low)) = self.last {
+            let free = i64::try_from(free).unwrap_or(i64::MAX);
+            if let Err(e) = ctx.queue.set_worker_disk(&ctx.worker_id, free, low).await {
+                tracing::warn!(error = %e, "could not record the worker's free disk");
+            }
         }
     }
-    if own + others > 0 {
-        tracing::warn!(own, others, "removed orphan step containers");
-    }
-    Ok(())
 }

@@ -166,6 +166,8 @@ pub(super) struct WorkerRecord {
     started_at: DateTime<Utc>,
     last_seen_at: DateTime<Utc>,
     note: Option<String>,
+    disk_free_mb: Option<i64>,
+    disk_low: bool,
 }
 
 impl TryFrom<WorkerRecord> for WorkerRow {
@@ -181,6 +183,8 @@ impl TryFrom<WorkerRecord> for WorkerRow {
             started_at: r.started_at,
             last_seen_at: r.last_seen_at,
             note: r.note,
+            disk_free_mb: r.disk_free_mb,
+            disk_low: r.disk_low,
         })
     }
 }

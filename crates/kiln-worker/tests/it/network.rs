@@ -105,7 +105,14 @@ async fn probe(engine: &Engine, network: Option<BuildNetwork>, targets: &[String
         timeout: Duration::from_secs(120),
         work_dir: dir.path().to_path_buf(),
         cache: None,
-        limits: ContainerLimits { memory_mb: 64, cpus: 1.0, pids: 64, user: "1000:1000".into(), tmpfs_mb: 8 },
+        limits: ContainerLimits {
+            memory_mb: 64,
+            cpus: 1.0,
+            pids: 64,
+            user: "1000:1000".into(),
+            tmpfs_mb: 8,
+            ..ContainerLimits::default()
+        },
         labels: HashMap::from([("kiln.test".to_owned(), format!("network-{}", std::process::id()))]),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
