@@ -18,7 +18,11 @@
 //! - `kiln_janitor_changes{task, janitor, what}`, `kiln_janitor_runs{…}`,
 //!   `kiln_janitor_failed_runs{…}`, `kiln_janitor_last_run_timestamp_seconds{…}`:
 //!   what each janitor task changed in total, read at scrape time from the
-//!   `janitor_runs` table the janitor keeps (the janitor serves no port).
+//!   `janitor_runs` table the janitor keeps (the janitor serves no port);
+//! - `kiln_worker_disk_free_bytes{worker}` and `kiln_worker_disk_low{worker}`
+//!   (1 while the worker claims nothing because its free disk is below
+//!   `worker.min_free_disk_mb`): read at scrape time from the rows of active
+//!   and draining workers.
 
 use std::sync::atomic::AtomicI64;
 
@@ -49,6 +53,8 @@ pub struct Metrics {
     registry_requests: Family<Labels, Counter>,
     registry_pulls: Family<Labels, Counter>,
     registry_blob_bytes: Counter,
+    worker_disk_free: Family<Labels, Gauge<i64, AtomicI64>>,
+    worker_disk_low: Family<Labels, Gauge<i64, AtomicI64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -104,6 +110,16 @@ impl Metrics {
         registry.register("kiln_registry_pulls", "Registry manifest requests by outcome", registry_pulls.clone());
         let registry_blob_bytes = Counter::default();
         registry.register("kiln_registry_blob_bytes", "Blob bytes the registry sent", registry_blob_bytes.clone());
+        let worker_disk_free = gauges(
+            &mut registry,
+            "kiln_worker_disk_free_bytes",
+            "Free space on each live worker's work directory filesystem",
+        );
+        let worker_disk_low = gauges(
+            &mut registry,
+            "kiln_worker_disk_low",
+            "1 while a worker claims nothing because its free disk is below worker.min_free_disk_mb",
+        );
         Self {
             registry,
             requests,
@@ -120,6 +136,8 @@ impl Metrics {
             registry_requests,
             registry_pulls,
             registry_blob_bytes,
+            worker_disk_free,
+            worker_disk_low,
         }
     }
 
@@ -196,6 +214,19 @@ impl Metrics {
                 labels.push(("what", what.clone()));
                 self.janitor_changes.get_or_create(&labels).set(n.as_i64().unwrap_or(0));
             }
+        }
+    }
+
+    /// Mirror the live workers' rows (workers that left are dropped).
+    pub fn set_workers(&self, workers: &[kiln_queue::WorkerRow]) {
+        self.worker_disk_free.clear();
+        self.worker_disk_low.clear();
+        for w in workers {
+            let labels = vec![("worker", w.id.clone())];
+            if let Some(mb) = w.disk_free_mb {
+                self.worker_disk_free.get_or_create(&labels).set(mb.saturating_mul(1024 * 1024));
+            }
+            self.worker_disk_low.get_or_create(&labels).set(i64::from(w.disk_low));
         }
     }
 

@@ -156,7 +156,7 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Response> {
     path = "/metrics",
     operation_id = "metrics",
     tag = "operations",
-    responses((status = 200, description = "Requests, builds by state, waits, the janitor's runs.",
+    responses((status = 200, description = "Requests, builds by state, waits, the janitor's runs, the workers' free disk.",
         content(("application/openmetrics-text; version=1.0.0; charset=utf-8"))))
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
@@ -167,6 +167,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     match state.queue().janitor_runs().await {
         Ok(runs) => state.metrics().set_janitor(&runs),
         Err(e) => tracing::warn!(error = %e, "metrics: cannot read the janitor's runs"),
+    }
+    match state.queue().live_workers().await {
+        Ok(workers) => state.metrics().set_workers(&workers),
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot read the workers"),
     }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics().encode())
         .into_response()

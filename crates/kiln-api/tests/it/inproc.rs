@@ -338,9 +338,21 @@ async fn recipes_health_metrics_page_and_signing_key() {
     for _ in 0..2 {
         queue.record_janitor_run("rescue", "jan-1", chrono::Utc::now(), 3, None, &counts).await.unwrap();
     }
+    let worker =
+        |id: &str| kiln_queue::WorkerInfo { id: id.into(), host: "h".into(), recipes: vec![], version: "0".into() };
+    for id in ["w-full", "w-fine", "w-gone"] {
+        queue.register_worker(&worker(id)).await.unwrap();
+    }
+    queue.set_worker_disk("w-full", 3, true).await.unwrap();
+    queue.set_worker_disk("w-fine", 5000, false).await.unwrap();
+    queue.set_worker_state("w-gone", kiln_domain::WorkerState::Gone, None).await.unwrap();
     let m = api.get("/metrics").await;
     assert_eq!(m.status, 200);
     let text = m.text();
+    assert!(text.contains(r#"kiln_worker_disk_low{worker="w-full"} 1"#), "{text}");
+    assert!(text.contains(r#"kiln_worker_disk_free_bytes{worker="w-full"} 3145728"#), "{text}");
+    assert!(text.contains(r#"kiln_worker_disk_low{worker="w-fine"} 0"#), "{text}");
+    assert!(!text.contains("w-gone"), "a worker that left is not shown: {text}");
     assert!(text.contains(r#"kiln_builds{state="queued"} 1"#), "{text}");
     assert!(text.contains("kiln_queue_depth 1"), "{text}");
     assert!(text.contains(r#"route="/api/builds""#) && text.contains(r#"status="202""#), "{text}");

@@ -157,3 +157,50 @@ async fn silent_workers_are_marked_gone_and_their_jobs_rescued() {
     assert_eq!(queue.worker("alive").await.unwrap().unwrap().state, WorkerState::Active);
     assert_eq!(queue.rescue_lapsed().await.unwrap().requeued, vec![s.key()]);
 }
+
+#[tokio::test]
+async fn held_says_which_work_on_a_host_is_still_leased() {
+    let db = TestDb::new().await.unwrap();
+    let queue = db.queue(settings());
+    let info = |id: &str| WorkerInfo { id: id.into(), host: "h".into(), recipes: vec![], version: "0".into() };
+    for id in ["live", "dead"] {
+        queue.register_worker(&info(id)).await.unwrap();
+    }
+    let (a, b) = (spec("held", 1), spec("held", 2));
+    queue.enqueue(&a, 0).await.unwrap();
+    queue.enqueue(&b, 0).await.unwrap();
+    let live = queue.claim("live", &[]).await.unwrap().unwrap();
+    let dead = queue.claim("dead", &[]).await.unwrap().unwrap();
+    let work = |lease: &kiln_queue::Lease, attempt: Option<i64>| kiln_queue::HostWork {
+        worker: lease.worker_id.clone(),
+        key: lease.key.to_string(),
+        attempt,
+    };
+    let asked = vec![
+        work(&live.lease, Some(live.lease.attempt_id)),
+        work(&live.lease, None),
+        // Another attempt of the same build, or another worker's: not held.
+        work(&live.lease, Some(live.lease.attempt_id + 1000)),
+        kiln_queue::HostWork { worker: "dead".into(), ..work(&live.lease, None) },
+        work(&dead.lease, Some(dead.lease.attempt_id)),
+        kiln_queue::HostWork { worker: "unknown".into(), key: "0".repeat(64), attempt: None },
+    ];
+    assert_eq!(queue.held(&asked).await.unwrap(), [true, true, false, false, true, false]);
+    // A worker gone: its work is no longer held, though its lease has not lapsed yet.
+    queue.set_worker_state("dead", WorkerState::Gone, None).await.unwrap();
+    assert_eq!(queue.held(&asked[4..5]).await.unwrap(), [false]);
+    // A lapsed lease: not held, before any rescue.
+    db.lapse_all_leases().await;
+    assert_eq!(queue.held(&asked[..1]).await.unwrap(), [false]);
+    assert!(queue.held(&[]).await.unwrap().is_empty());
+    // The farm has one identity, the same every time it is asked.
+    let farm = queue.farm_id().await.unwrap();
+    assert_eq!(farm.len(), 32);
+    assert_eq!(queue.farm_id().await.unwrap(), farm);
+    // The disk report lands in the row.
+    queue.set_worker_disk("live", 42, true).await.unwrap();
+    let row = queue.worker("live").await.unwrap().unwrap();
+    assert_eq!((row.disk_free_mb, row.disk_low), (Some(42), true));
+    let ids: Vec<String> = queue.live_workers().await.unwrap().into_iter().map(|w| w.id).collect();
+    assert_eq!(ids, ["live"]);
+}
