@@ -13,6 +13,7 @@ mod build;
 mod farm;
 mod image;
 mod isolation;
+mod limits;
 mod network;
 mod preemption;
 mod recipes;
