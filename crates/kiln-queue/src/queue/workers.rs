@@ -119,8 +119,16 @@ impl Queue {
         rows::all(records)
     }
 
-    /// This farm's identity (made once by the migration).
+    /// This farm's identity: random, made by the first caller, the same
+    /// for every later one. Two statements: a racer that lost the insert
+    /// reads the winner's row with a fresh snapshot.
     pub async fn farm_id(&self) -> Result<String, QueueError> {
+        sqlx::query(
+            "INSERT INTO farm (id) VALUES (md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text))
+             ON CONFLICT (one) DO NOTHING",
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(sqlx::query_scalar("SELECT id FROM farm").fetch_one(&self.pool).await?)
     }
 
