@@ -132,7 +132,8 @@ pub struct StepRecord {
     pub seconds: f64,
     /// The container's exit code; none when it was killed or never ran.
     pub exit_code: Option<i64>,
-    /// `ok`, `failed`, `out_of_memory`, `timed_out`, `stopped` or `error`
+    /// `ok`, `failed`, `out_of_memory`, `timed_out`, `disk_limit_exceeded`,
+    /// `stopped` or `error`
     /// (a string, so that a newer worker's outcomes still read).
     pub outcome: String,
 }
