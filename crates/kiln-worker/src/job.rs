@@ -261,7 +261,7 @@ impl Attempt<'_> {
         ))
         .await;
         let binary = FileRecord { name: binary_name, size: binary_size, sha256: manifest::digest(&binary_sha256)? };
-        let oci = image::make(self.ctx, self.key(), &recipe, &spec, dir.root(), &tar).await?;
+        let oci = image::make(self.ctx, self.key(), &recipe, &spec, dir.scratch(), &tar).await?;
         if let Some(made) = &oci {
             self.say(&format!("==> image: manifest {}\n", made.record.manifest_digest)).await;
         }

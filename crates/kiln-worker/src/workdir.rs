@@ -2,7 +2,7 @@
 //! mounted at `/work`; beside it, out of the steps' reach, the attempt's
 //! owner (`owner.json`: farm, worker, build, attempt; what the orphan sweep
 //! reads), its disk image when the disk limit is a filesystem
-//! ([`crate::disk`]), and the packed artifact.
+//! ([`crate::disk`]), the packed artifact and the image made from it.
 //!
 //! The root of `work/` belongs to the worker and is not writable by the step
 //! user, so a step cannot swap `src/` or `out/` for something else; `src/`
@@ -94,7 +94,13 @@ impl WorkDir {
     /// Where the artifact is packed: beside `work/`, so it does not count
     /// against the build's disk limit a second time.
     pub(crate) fn artifact_tar(&self) -> PathBuf {
-        self.base().join("artifact.tar")
+        self.scratch().join("artifact.tar")
+    }
+
+    /// The worker's own files of this attempt (what it makes from `out/`),
+    /// beside `work/`: out of the steps' reach and of the disk limit.
+    pub(crate) fn scratch(&self) -> &Path {
+        self.base()
     }
 
     /// Unmount and remove the directory now, off the async threads.
