@@ -6,6 +6,6 @@ import "example.com/kilnd"
 type static struct{}
 
 func (static) ID() string       { return "static" }
-func (static) Describe() string { return "serves files (kilnd v1.0.0)" }
+func (static) Describe() string { return "serves files (kilnd @VERSION@)" }
 
 func init() { kilnd.RegisterModule(static{}) }

@@ -1,3 +1,0 @@
-module example.com/kilnd
-
-go 1.19
