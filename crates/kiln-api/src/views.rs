@@ -104,12 +104,19 @@ pub struct Links {
     pub signature: String,
     /// The main binary.
     pub binary: String,
+    /// Builds with an image: the image as an OCI layout TAR (`docker load`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_archive: Option<String>,
+    /// Builds with an image: the image manifest's minisign signature.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_signature: Option<String>,
 }
 
 impl BuildView {
     pub fn new(state: &AppState, b: &Build) -> Self {
         let spec = &b.spec;
         let base = state.url(&format!("/api/builds/{}", b.key));
+        let has_image = b.artifact.as_ref().is_some_and(|m| m.oci_image.is_some());
         BuildView {
             key: b.key.to_string(),
             state: b.state,
@@ -152,6 +159,8 @@ impl BuildView {
                 artifact: format!("{base}/artifact"),
                 signature: format!("{base}/artifact.minisig"),
                 binary: format!("{base}/binary"),
+                image_archive: has_image.then(|| format!("{base}/image.tar")),
+                image_signature: has_image.then(|| format!("{base}/image.minisig")),
             },
         }
     }

@@ -223,6 +223,12 @@ async fn image_tar_loads_into_docker_and_runs_and_its_signature_verifies() {
     let config: Value = f.get(&format!("/v2/{name}/blobs/{config}")).await.json().await.unwrap();
     let key = config["config"]["Labels"]["kiln.build"].as_str().unwrap().to_owned();
 
+    // The build links to its image's archive and signature.
+    let build: Value = f.get(&format!("/api/builds/{key}")).await.json().await.unwrap();
+    assert_eq!(build["links"]["image_archive"], format!("/api/builds/{key}/image.tar"));
+    assert_eq!(build["links"]["image_signature"], format!("/api/builds/{key}/image.minisig"));
+    assert_eq!(build["artifact"]["oci_image"]["manifest_digest"], digest);
+
     // The archive: its announced length, and docker loads it under the registry's name.
     let r = f.get(&format!("/api/builds/{key}/image.tar")).await;
     assert_eq!(r.status(), 200);
@@ -253,6 +259,8 @@ async fn image_tar_loads_into_docker_and_runs_and_its_signature_verifies() {
     // A build without an image has no archive.
     let r = f.get("/api/compat?recipe=hello&os=darwin&arch=arm64").await;
     let darwin = header(&r, "x-kiln-build-key");
+    let build: Value = f.get(&format!("/api/builds/{darwin}")).await.json().await.unwrap();
+    assert!(build["links"].get("image_archive").is_none(), "{build}");
     let r = f.get(&format!("/api/builds/{darwin}/image.tar")).await;
     assert_eq!(r.status(), 404);
     let j: Value = r.json().await.unwrap();
