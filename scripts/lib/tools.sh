@@ -36,7 +36,7 @@ ensure_podman() {
 ensure_chromium() {
     if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
         echo "installing chromium and chromium-driver" >&2
-        _kiln_apt_install --no-install-recommends chromium chromium-driver fonts-dejavu-core || return 1
+        apt_install chromium chromium-driver fonts-dejavu-core || return 1
     fi
     KILN_TEST_CHROMIUM=$(command -v chromium)
     KILN_TEST_CHROMEDRIVER=$(command -v chromedriver)
@@ -48,6 +48,6 @@ ensure_chromium() {
 ensure_nginx() {
     if ! [ -x /usr/sbin/nginx ] && ! command -v nginx >/dev/null 2>&1; then
         echo "installing nginx" >&2
-        _kiln_apt_install --no-install-recommends nginx || return 1
+        apt_install nginx || return 1
     fi
 }
