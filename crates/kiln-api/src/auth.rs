@@ -202,8 +202,9 @@ impl Auth {
         }
     }
 
-    /// Who the headers say is asking, from memory alone.
-    pub fn identify(&self, headers: &HeaderMap) -> Result<Identified, Rejection> {
+    /// Who the headers say is asking, from memory alone (a known token's
+    /// `last_used` is written now and then, in the background).
+    pub fn identify(&self, headers: &HeaderMap, queue: &Queue) -> Result<Identified, Rejection> {
         let secret = match presented(headers) {
             Presented::None => return Ok(Identified::Caller(Caller::Anonymous)),
             Presented::Secret(s) => s,
@@ -216,9 +217,15 @@ impl Auth {
         let token = TokenSecret::parse(&secret).ok_or_else(Rejection::invalid_token)?;
         let hash = token.hash();
         let generation = self.generation.load(Ordering::SeqCst);
-        let cache = self.cache.lock().expect("token cache");
-        match cache.get(&hash) {
-            Some(c) => Ok(Identified::Caller(Caller::Token(c.token.clone()))),
+        let mut cache = self.cache.lock().expect("token cache");
+        match cache.get_mut(&hash) {
+            Some(c) => {
+                if c.touched.elapsed() >= TOUCH_EVERY {
+                    c.touched = Instant::now();
+                    touch(queue, c.token.id);
+                }
+                Ok(Identified::Caller(Caller::Token(c.token.clone())))
+            }
             None => Ok(Identified::Lookup { hash, generation }),
         }
     }
@@ -239,19 +246,6 @@ impl Auth {
         drop(cache);
         touch(queue, info.id);
         Ok(Caller::Token(info))
-    }
-
-    /// Write `last_used` of a cached token now and then.
-    pub fn used(&self, queue: &Queue, headers: &HeaderMap) {
-        let Presented::Secret(s) = presented(headers) else { return };
-        let Some(t) = TokenSecret::parse(&s) else { return };
-        let mut cache = self.cache.lock().expect("token cache");
-        if let Some(c) = cache.get_mut(&t.hash())
-            && c.touched.elapsed() >= TOUCH_EVERY
-        {
-            c.touched = Instant::now();
-            touch(queue, c.token.id);
-        }
     }
 
     /// Token `id` was revoked: forget it.

@@ -182,7 +182,7 @@ async fn admit(state: &AppState, req: Request, path: Option<&str>) -> Result<Req
     let peer = req.extensions().get::<ConnectInfo<Conn>>().and_then(|c| c.0.peer()).map(|a| a.ip());
     let limits = state.limits();
     let addr = client_address(limits, peer, req.headers());
-    let caller = match state.auth().identify(req.headers())? {
+    let caller = match state.auth().identify(req.headers(), state.queue())? {
         Identified::Caller(c) => c,
         Identified::Lookup { hash, generation } => {
             limits.address(addr)?;
@@ -191,7 +191,6 @@ async fn admit(state: &AppState, req: Request, path: Option<&str>) -> Result<Req
     };
     if let Caller::Token(t) = &caller {
         tracing::Span::current().record("token", t.id);
-        state.auth().used(state.queue(), req.headers());
     }
     let scope = path.and_then(|p| required_scope(req.method(), p));
     if let Some(scope) = scope {

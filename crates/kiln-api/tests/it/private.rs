@@ -593,9 +593,10 @@ async fn docker_logs_in_with_a_token_and_pulls_from_a_private_farm() {
     assert!(said.contains("hello from kiln v1.1.0 linux/amd64"), "{said}\n{}", f.logs());
     assert!(!f.logs().contains(&puller[5..]), "a token reached a log");
 
-    // Once built, a download-only token pulls it too.
-    let r = f
-        .http
+    // Once built, a download-only token pulls it too. (A new client: the
+    // blocking docker commands kept this runtime from noticing that the
+    // API closed the old one's idle connections.)
+    let r = reqwest::Client::new()
         .get(f.url("/v2/hello/example.com__greet/manifests/v1.1.0-linux-amd64"))
         .basic_auth("ci", Some(&reader))
         .header("accept", "application/vnd.oci.image.manifest.v1+json")
