@@ -1,12 +1,13 @@
 //! The disk limit of a build, measured. Run by `scripts/bench-disk`, which
 //! starts Postgres and builds the test image first.
 //!
-//! 1. Overshoot: the `hostile` recipe (v1) writes 1 MiB at a time under
-//!    `/work` until it is stopped. For each enforcement (the per-build
-//!    filesystem where this machine can mount one, and the watcher), runs
-//!    of it under a limit of `BENCH_LIMIT_MB` (default 128): what `/work`
-//!    held once the step was stopped, beside the limit. Beside it, the
-//!    step's write rate: the same loop in a raw `docker run` writing as much.
+//! 1. Overshoot: the `hostile` recipe writes under `/work` until it is
+//!    stopped, 1 MiB at a time (v1: a fork per MiB) and as fast as `dd` can
+//!    (v3). For each enforcement (the per-build filesystem where this
+//!    machine can mount one, and the watcher), runs of each under a limit
+//!    of `BENCH_LIMIT_MB` (default 128): what `/work` held once the step was
+//!    stopped, beside the limit. Beside it, the writer's rate: the same
+//!    writer in a raw `docker run` writing as much.
 //! 2. Cost: the `hello` build end to end (enqueue → artifact stored, a warm
 //!    worker) with the per-build filesystem, with the watcher, and with no
 //!    disk limit, `BENCH_RUNS` (default 15) builds each, in the same run.
@@ -64,39 +65,38 @@ async fn main() -> Result<()> {
         modes.insert(0, ("filesystem", DiskEnforcement::Filesystem));
     }
 
-    // 1. Overshoot.
-    let rate = raw_write_rate(&base, data.path(), limit_mb)?;
-    println!("overshoot: the hostile step writing 1 MiB at a time, limit {limit_mb} MiB, 5 runs each");
-    println!("  baseline: the same loop in raw docker run writes {rate:.0} MiB/s");
+    // 1. Overshoot, for a slow writer (a fork per MiB) and dd.
+    // The raw baseline writes enough to take seconds: the limit for the slow writer, 2 GiB for dd.
+    let writers = [("1 MiB at a time", 1, LOOP, limit_mb), ("dd bs=1M", 3, DD, 2048)];
     let mut patch = 100;
-    for (name, mode) in &modes {
-        let kiln = Kiln::start(&with(limit_mb, *mode), &queue).await?;
-        let mut held = Vec::new();
-        for _ in 0..5 {
-            patch += 1;
-            let spec = spec(&base, "hostile", &format!("v1.0.{patch}"), "linux/amd64", &[]);
-            let (state, error) = kiln.build(&spec).await?;
-            if state != BuildState::Failed || !error.contains("disk limit exceeded") {
-                bail!("the hostile build ended {state}: {error}");
+    for (writer, major, script, raw_mb) in writers {
+        let rate = raw_write_rate(&base, data.path(), raw_mb, script)?;
+        println!("overshoot: the hostile step writing {writer}, limit {limit_mb} MiB, 5 runs each");
+        println!("  baseline: the same writer in raw docker run: {rate:.0} MiB/s");
+        for (name, mode) in &modes {
+            let kiln = Kiln::start(&with(limit_mb, *mode), &queue).await?;
+            let mut held = Vec::new();
+            for _ in 0..5 {
+                patch += 1;
+                let spec = spec(&base, "hostile", &format!("v{major}.0.{patch}"), "linux/amd64", &[]);
+                let (state, error) = kiln.build(&spec).await?;
+                if state != BuildState::Failed || !error.contains("disk limit exceeded") {
+                    bail!("the hostile build ended {state}: {error}");
+                }
+                let mib = error.rsplit("/work held ").next().and_then(|t| t.trim_end_matches(" MiB").parse().ok());
+                held.push(mib.context("what /work held")?);
             }
-            let mib: f64 = error
-                .rsplit("/work held ")
-                .next()
-                .and_then(|t| t.trim_end_matches(" MiB").parse().ok())
-                .context("held")?;
-            held.push(mib);
+            kiln.stop().await?;
+            held.sort_by(f64::total_cmp);
+            let (limit, max) = (limit_mb as f64, held[held.len() - 1]);
+            println!(
+                "  {name:<10} /work held min {:6.1}  median {:6.1}  max {max:6.1} MiB; overshoot at most {:+.1} MiB ({:+.1}% of the limit)",
+                held[0],
+                held[held.len() / 2],
+                max - limit,
+                (max - limit) / limit * 100.0
+            );
         }
-        kiln.stop().await?;
-        held.sort_by(f64::total_cmp);
-        let limit = limit_mb as f64;
-        println!(
-            "  {name:<10} /work held min {:6.1}  median {:6.1}  max {:6.1} MiB; overshoot at most {:+.1} MiB ({:+.1}% of the limit)",
-            held[0],
-            held[held.len() / 2],
-            held[held.len() - 1],
-            held[held.len() - 1] - limit,
-            (held[held.len() - 1] - limit) / limit * 100.0
-        );
     }
 
     // 2. Cost on a build.
@@ -171,23 +171,30 @@ impl<'a> Kiln<'a> {
     }
 }
 
-/// MiB/s of the hostile step's loop in a raw `docker run`, writing `mb` MiB.
-fn raw_write_rate(config: &Config, dir: &std::path::Path, mb: u64) -> Result<f64> {
-    let work = tempfile::tempdir_in(dir)?;
-    let script = format!(
-        "i=0; while [ $i -lt {mb} ]; do head -c 1048576 /dev/zero >> /work/fill; i=$((i+1)); echo \"wrote $(wc -c < /work/fill) bytes\" >/dev/null; done"
-    );
-    let start = Instant::now();
-    let ok = Command::new("docker")
-        .args(["run", "--rm", "--network", "none", "-v"])
-        .arg(format!("{}:/work", work.path().display()))
-        .args([&config.recipes["hostile"].image, "sh", "-c", &script])
-        .status()?
-        .success();
-    if !ok {
-        bail!("docker run failed");
-    }
-    Ok(mb as f64 / start.elapsed().as_secs_f64())
+/// The hostile step's writers (v1 and v3), writing `$1` MiB into /work.
+const LOOP: &str = "i=0; while [ $i -lt $1 ]; do head -c 1048576 /dev/zero >> /work/fill; \
+                    echo \"wrote $(wc -c < /work/fill) bytes\" >/dev/null; i=$((i+1)); done";
+const DD: &str = "dd if=/dev/zero of=/work/fill bs=1M count=$1 2>/dev/null";
+
+/// MiB/s of `script` in a raw `docker run` writing `mb` MiB, less the time
+/// of a `docker run` that writes nothing.
+fn raw_write_rate(config: &Config, dir: &std::path::Path, mb: u64, script: &str) -> Result<f64> {
+    let run = |count: u64| -> Result<Duration> {
+        let work = tempfile::tempdir_in(dir)?;
+        let start = Instant::now();
+        let ok = Command::new("docker")
+            .args(["run", "--rm", "--network", "none", "-v"])
+            .arg(format!("{}:/work", work.path().display()))
+            .args([&config.recipes["hostile"].image, "sh", "-c", script, "writer", &count.to_string()])
+            .status()?
+            .success();
+        if !ok {
+            bail!("docker run failed");
+        }
+        Ok(start.elapsed())
+    };
+    let (empty, full) = (run(0)?, run(mb)?);
+    Ok(mb as f64 / full.saturating_sub(empty).as_secs_f64().max(1e-3))
 }
 
 fn spec(config: &Config, recipe: &str, version: &str, platform: &str, plugins: &[(&str, &str)]) -> BuildSpec {
