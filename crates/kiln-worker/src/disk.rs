@@ -253,6 +253,7 @@ fn trial_mount(work_dir: &Path) -> Result<(), String> {
     if !rustix::process::geteuid().is_root() {
         return Err("the worker is not root".into());
     }
+    shares_docker_mounts()?;
     std::fs::create_dir_all(work_dir).map_err(|e| format!("worker.work_dir: {e}"))?;
     let dir = tempfile::Builder::new().prefix(".disk-trial-").tempdir_in(work_dir).map_err(|e| e.to_string())?;
     let (image, work) = (dir.path().join("disk.img"), dir.path().join("work"));
@@ -266,6 +267,26 @@ fn trial_mount(work_dir: &Path) -> Result<(), String> {
     });
     let _ = detach(&work);
     result
+}
+
+/// Where the Docker daemon writes its pid (dockerd's default `--pidfile`).
+const DOCKER_PID_FILES: [&str; 2] = ["/run/docker.pid", "/var/run/docker.pid"];
+
+/// A loop mount is seen by the step's container only if the worker mounts
+/// it in the Docker daemon's own mount namespace. A worker started with
+/// `ip netns exec`, in a container, or beside a remote engine does not:
+/// Docker would bind the empty directory under the mount.
+fn shares_docker_mounts() -> Result<(), String> {
+    let pid = DOCKER_PID_FILES
+        .iter()
+        .find_map(|f| std::fs::read_to_string(f).ok())
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .ok_or("the Docker daemon's pid file is not readable here (a remote or containerised engine)")?;
+    let ns = |who: &str| std::fs::read_link(format!("/proc/{who}/ns/mnt")).map_err(|e| format!("{who}: {e}"));
+    if ns(&pid.to_string())? != ns("self")? {
+        return Err("the worker is not in the Docker daemon's mount namespace".into());
+    }
+    Ok(())
 }
 
 /// Run a command to success; its stderr is the error otherwise.
