@@ -398,6 +398,9 @@ pub struct JanitorConfig {
     pub prune_attempts_after_secs: u64,
     /// Rows of gone or stopped workers are pruned after this long.
     pub prune_workers_after_secs: u64,
+    /// The sweep of shared image objects keeps every object younger than
+    /// this, referenced or not (the uploads of builds still running).
+    pub image_grace_secs: u64,
 }
 
 impl Default for JanitorConfig {
@@ -409,6 +412,7 @@ impl Default for JanitorConfig {
             prune_logs_after_secs: 24 * 3600,
             prune_attempts_after_secs: 30 * 24 * 3600,
             prune_workers_after_secs: 7 * 24 * 3600,
+            image_grace_secs: 24 * 3600,
         }
     }
 }
@@ -421,6 +425,7 @@ pub struct JanitorSchedules {
     pub workers: String,
     pub expiry: String,
     pub prune: String,
+    pub sweep: String,
 }
 
 impl Default for JanitorSchedules {
@@ -431,6 +436,7 @@ impl Default for JanitorSchedules {
             workers: "*/30 * * * * *".into(),
             expiry: "0 17 * * * *".into(),
             prune: "0 47 3 * * *".into(),
+            sweep: "0 27 4 * * *".into(),
         }
     }
 }

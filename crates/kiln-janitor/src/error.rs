@@ -38,3 +38,10 @@ pub enum JanitorError {
     #[error("{what}: no answer from storage within {secs} s")]
     StorageTimeout { what: String, secs: u64 },
 }
+
+impl JanitorError {
+    /// The object asked for is not stored (another run deleted it meanwhile).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, JanitorError::Storage(e) if e.is_not_found())
+    }
+}

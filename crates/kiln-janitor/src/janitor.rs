@@ -21,7 +21,7 @@ const PAGE: i64 = 500;
 const MAX_PAGES: usize = 20;
 /// After this many storage failures in a row a run stops: storage is down,
 /// and the next run tries again.
-const MAX_STORAGE_FAILURES_IN_A_ROW: u32 = 3;
+pub(crate) const MAX_STORAGE_FAILURES_IN_A_ROW: u32 = 3;
 
 /// What the janitor does and when things count as old, from the config.
 #[derive(Debug, Clone)]
@@ -37,6 +37,8 @@ pub struct JanitorSettings {
     /// Longest wait for one storage call (object_store retries within it);
     /// past it the build is kept and tried again at the next run.
     pub storage_timeout: Duration,
+    /// The sweep keeps every shared image object younger than this.
+    pub image_grace: Duration,
 }
 
 impl JanitorSettings {
@@ -59,6 +61,7 @@ impl JanitorSettings {
             prune_attempts_after: secs(j.prune_attempts_after_secs),
             prune_workers_after: secs(j.prune_workers_after_secs),
             storage_timeout: secs(120),
+            image_grace: secs(j.image_grace_secs),
         }
     }
 }
@@ -66,15 +69,15 @@ impl JanitorSettings {
 /// The janitor's tasks over one queue and one store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Janitor {
-    queue: Queue,
-    storage: Storage,
-    settings: JanitorSettings,
+    pub(crate) queue: Queue,
+    pub(crate) storage: Storage,
+    pub(crate) settings: JanitorSettings,
 }
 
 /// A task run that failed part way: what it had done, and why it stopped.
-struct Partial {
-    counts: Counts,
-    error: String,
+pub(crate) struct Partial {
+    pub(crate) counts: Counts,
+    pub(crate) error: String,
 }
 
 impl From<kiln_queue::QueueError> for Partial {
@@ -119,6 +122,7 @@ impl Janitor {
             Task::Workers => self.workers().await,
             Task::Expiry => self.expiry().await,
             Task::Prune => self.prune().await,
+            Task::Sweep => self.sweep().await,
         };
         let (counts, error) = match result {
             Ok(counts) => (counts, None),
@@ -316,6 +320,21 @@ impl Janitor {
         match first_error {
             None => Ok(counts),
             Some(e) => Err(Partial { error: format!("storage errors while pruning logs, first: {e}"), counts }),
+        }
+    }
+
+    /// A storage call about shared objects under the janitor's time limit.
+    pub(crate) async fn in_time_shared<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = Result<T, kiln_storage::StorageError>>,
+    ) -> Result<T, JanitorError> {
+        match tokio::time::timeout(self.settings.storage_timeout, call).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(JanitorError::StorageTimeout {
+                what: what.to_owned(),
+                secs: self.settings.storage_timeout.as_secs(),
+            }),
         }
     }
 

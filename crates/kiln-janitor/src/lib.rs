@@ -13,8 +13,9 @@
 //! the configuration.
 //!
 //! The tasks ([`Janitor`]) are idempotent: rescue of lapsed leases, the
-//! retry nudge, gone workers, expiry of old builds (objects, then rows) and
-//! pruning of old rows. Each run logs one line
+//! retry nudge, gone workers, expiry of old builds (objects, then rows),
+//! pruning of old rows, and the sweep of shared image objects no build
+//! still names (`sweep`: mark and sweep with a grace period). Each run logs one line
 //! (`task=rescue requeued=2 failed=0 elapsed_ms=3`; at INFO only when it
 //! changed something, WARN when it failed, else DEBUG) and is recorded in the
 //! `janitor_runs` table, which the API exports at `/metrics`. All SQL lives
@@ -23,6 +24,7 @@
 mod error;
 mod janitor;
 mod schedule;
+mod sweep;
 mod task;
 pub mod tokens;
 

@@ -20,14 +20,17 @@ pub enum Task {
     Expiry,
     /// Old live-log chunks, attempt rows and departed workers' rows go.
     Prune,
+    /// Shared image objects (blobs, indexes, base records) that no build
+    /// with a row names, and older than the grace period, go.
+    Sweep,
 }
 
 impl Task {
     /// Every task, in the order `once` runs them: rescue first (so its
     /// counts are the lapsed leases), then workers (whose counts are then the
     /// jobs of workers it found gone), retry after both, the slow storage
-    /// tasks last.
-    pub const ALL: [Task; 5] = [Task::Rescue, Task::Workers, Task::Retry, Task::Expiry, Task::Prune];
+    /// tasks last, the sweep after expiry (whose removed rows free blobs).
+    pub const ALL: [Task; 6] = [Task::Rescue, Task::Workers, Task::Retry, Task::Expiry, Task::Prune, Task::Sweep];
 
     /// The task's name in the configuration, logs and `janitor_runs`.
     pub fn name(self) -> &'static str {
@@ -37,6 +40,7 @@ impl Task {
             Task::Workers => "workers",
             Task::Expiry => "expiry",
             Task::Prune => "prune",
+            Task::Sweep => "sweep",
         }
     }
 
@@ -50,6 +54,7 @@ impl Task {
             Task::Workers => &["gone", "requeued", "failed", "cancelled"],
             Task::Expiry => &["expired", "removed_failed", "objects_deleted"],
             Task::Prune => &["log_chunks", "attempts", "workers"],
+            Task::Sweep => &["swept", "bytes_swept"],
         }
     }
 
@@ -61,6 +66,7 @@ impl Task {
             Task::Workers => &s.workers,
             Task::Expiry => &s.expiry,
             Task::Prune => &s.prune,
+            Task::Sweep => &s.sweep,
         }
     }
 }
@@ -195,6 +201,15 @@ impl TaskReport {
                 plural(c("logs_not_stored"), "build", "builds"),
                 plural(c("attempts"), "attempt row", "attempt rows"),
                 plural(c("workers"), "worker row", "worker rows"),
+            ),
+            Task::Sweep => format!(
+                "{} ({} bytes) of images swept, {} kept (named by {}), {} kept (younger than the grace), {} not deleted after a storage error",
+                plural(c("swept"), "shared object", "shared objects"),
+                c("bytes_swept"),
+                c("kept"),
+                plural(c("live_images"), "build image", "build images"),
+                c("kept_young"),
+                c("storage_errors"),
             ),
         };
         let mut line = format!("{:<8} {what} ({} ms)", self.task.name(), self.elapsed_ms);

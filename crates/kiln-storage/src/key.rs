@@ -157,6 +157,26 @@ impl ObjectKey {
     pub(crate) fn name(&self) -> ObjectName {
         self.name
     }
+
+    /// The kind and digest of a shared object; `None` for a build's object.
+    pub fn shared(&self) -> Option<(ObjectName, &OciDigest)> {
+        match &self.place {
+            Place::Build(_) => None,
+            Place::Shared(d) => Some((self.name, d)),
+        }
+    }
+
+    /// The shared object at `segments` (relative to the store's root), the
+    /// inverse of [`segments`](Self::segments); `None` for anything else.
+    pub(crate) fn parse_shared(segments: &[&str]) -> Option<Self> {
+        let digest = |hex: &str| OciDigest::parse(&format!("{}:{hex}", kiln_domain::digest::ALGORITHM)).ok();
+        match segments {
+            ["blobs", alg, hex] if *alg == kiln_domain::digest::ALGORITHM => digest(hex).map(|d| Self::blob(&d)),
+            ["indexes", hex] => digest(hex).map(|d| Self::index(&d)),
+            ["bases", file] => file.strip_suffix(".json").and_then(digest).map(|d| Self::base(&d)),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for ObjectKey {
@@ -195,6 +215,15 @@ mod tests {
         assert_eq!(ObjectKey::index(&d).to_string(), format!("indexes/{}", d.hex()));
         assert_eq!(ObjectKey::base(&d).to_string(), format!("bases/{}.json", d.hex()));
         assert_eq!(ObjectKey::blob(&d).build(), None);
+        for key in [ObjectKey::blob(&d), ObjectKey::index(&d), ObjectKey::base(&d)] {
+            let segments = key.segments();
+            let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+            assert_eq!(ObjectKey::parse_shared(&segments), Some(key.clone()));
+            assert_eq!(key.shared().map(|(_, d)| d), Some(&d));
+        }
+        for bad in [&["blobs", "md5", d.hex()][..], &["bases", d.hex()], &["indexes", "XYZ"], &["blobs", "sha256"]] {
+            assert_eq!(ObjectKey::parse_shared(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

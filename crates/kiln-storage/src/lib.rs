@@ -26,4 +26,4 @@ mod store;
 
 pub use error::StorageError;
 pub use key::{ObjectKey, ObjectName};
-pub use store::{ByteRange, ObjectInfo, ObjectStream, PutOutcome, Storage};
+pub use store::{ByteRange, ObjectInfo, ObjectStream, PutOutcome, SharedObject, Storage};

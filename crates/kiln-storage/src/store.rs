@@ -86,6 +86,14 @@ pub struct ObjectInfo {
     pub last_modified: DateTime<Utc>,
 }
 
+/// A shared object of images (blob, index, base record) as the store lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedObject {
+    pub key: ObjectKey,
+    pub size: u64,
+    pub last_modified: DateTime<Utc>,
+}
+
 /// The result of a write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutOutcome {
@@ -441,6 +449,30 @@ impl Storage {
             .collect();
         keys.sort();
         Ok(keys)
+    }
+
+    /// Every shared object of images (`blobs/sha256/`, `indexes/`, `bases/`),
+    /// with its size and last-modified time. Entries Kiln did not write
+    /// there are logged and left out.
+    pub async fn list_shared(&self) -> Result<Vec<SharedObject>, StorageError> {
+        let mut out = Vec::new();
+        for dir in ["blobs", "indexes", "bases"] {
+            let prefix = self.prefix.child(dir);
+            let metas: Vec<_> =
+                self.store.list(Some(&prefix)).try_collect().await.map_err(StorageError::backend(prefix.as_ref()))?;
+            let skip = self.prefix.parts().count();
+            for meta in metas {
+                let parts: Vec<_> = meta.location.parts().skip(skip).collect();
+                let parts: Vec<&str> = parts.iter().map(|p| p.as_ref()).collect();
+                match ObjectKey::parse_shared(&parts) {
+                    Some(key) => out.push(SharedObject { key, size: meta.size, last_modified: meta.last_modified }),
+                    None => {
+                        tracing::warn!(location = %meta.location, "an object Kiln did not write is among images' objects")
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Remove every object under a build's prefix; returns how many were removed.

@@ -5,4 +5,5 @@
 mod expiry;
 mod processes;
 mod support;
+mod sweep;
 mod tasks;

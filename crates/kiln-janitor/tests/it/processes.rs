@@ -69,7 +69,7 @@ async fn once_runs_every_task_and_prints_json() {
     assert!(out.status.success(), "{stderr}");
     let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let tasks: Vec<_> = reports.as_array().unwrap().iter().map(|r| r["task"].as_str().unwrap()).collect();
-    assert_eq!(tasks, ["rescue", "workers", "retry", "expiry", "prune"]);
+    assert_eq!(tasks, ["rescue", "workers", "retry", "expiry", "prune", "sweep"]);
     assert_eq!(reports[0]["counts"]["requeued"], 1);
     assert!(reports.as_array().unwrap().iter().all(|r| r["ok"] == true));
     assert!(stderr.contains("task=rescue requeued=1 failed=0 cancelled=0"), "{stderr}");

@@ -36,6 +36,7 @@ pub fn settings() -> JanitorSettings {
         prune_attempts_after: 48 * HOUR,
         prune_workers_after: 48 * HOUR,
         storage_timeout: Duration::from_secs(60),
+        image_grace: 24 * HOUR,
     }
 }
 

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use kiln_domain::manifest::OciImageRecord;
 use kiln_domain::{BuildKey, BuildState};
 
 use super::rows::{self, ExpirableRecord, JanitorRunRecord};
@@ -371,5 +372,28 @@ impl Queue {
         .fetch_all(&self.pool)
         .await?;
         rows::all(records)
+    }
+
+    /// The image of every build that still has a row, whatever its state or
+    /// age (expiry removes the row only after the build's own objects): what
+    /// the sweep of shared image objects must keep. A record that does not
+    /// decode is an error, so the sweep deletes nothing on a partial mark.
+    pub async fn live_images(&self) -> Result<Vec<(BuildKey, OciImageRecord)>, QueueError> {
+        let found: Vec<(String, serde_json::Value)> = sqlx::query_as(
+            "SELECT key, artifact -> 'oci_image' FROM builds
+             WHERE jsonb_typeof(artifact -> 'oci_image') = 'object' ORDER BY key",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        found
+            .into_iter()
+            .map(|(key, image)| {
+                let image = serde_json::from_value(image).map_err(|e| QueueError::Corrupt {
+                    row: format!("builds/{key}"),
+                    message: format!("artifact.oci_image: {e}"),
+                })?;
+                Ok((rows::key(key)?, image))
+            })
+            .collect()
     }
 }
