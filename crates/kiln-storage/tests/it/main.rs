@@ -131,4 +131,5 @@ both_backends!(
     a_reader_during_writes_never_sees_a_partial_object,
     a_failed_upload_leaves_the_previous_object,
     keys_from_outside_are_refused_before_any_io,
+    shared_objects_are_listed_with_size_and_date,
 );

@@ -262,3 +262,32 @@ pub async fn keys_from_outside_are_refused_before_any_io(f: &Fixture) {
     let parsed = ObjectKey::parse(good.as_str(), "log.txt").unwrap();
     assert_eq!(s.get_bytes(&parsed).await.unwrap(), &b"log"[..]);
 }
+
+pub async fn shared_objects_are_listed_with_size_and_date(f: &Fixture) {
+    use kiln_domain::OciDigest;
+    let s = &f.storage;
+    assert!(s.list_shared().await.unwrap().is_empty(), "an empty store lists nothing");
+    let build = build_key(1);
+    s.put_bytes(&ObjectKey::new(&build, ObjectName::Log), "log").await.unwrap();
+    let d = OciDigest::of(b"shared");
+    let mut expected = vec![
+        (ObjectKey::blob(&d), 4u64),
+        (ObjectKey::blob(&OciDigest::of(b"other")), 5),
+        (ObjectKey::index(&d), 6),
+        (ObjectKey::base(&d), 7),
+    ];
+    for (key, size) in &expected {
+        s.put_bytes(key, vec![b'x'; *size as usize]).await.unwrap();
+    }
+    // A file Kiln did not write among the blobs is left out.
+    let root = f.object_file(&build, "log.txt").parent().unwrap().parent().unwrap().to_path_buf();
+    std::fs::write(root.join("blobs").join("sha256").join("not-a-digest"), b"?").unwrap();
+
+    let before = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let mut listed = s.list_shared().await.unwrap();
+    assert!(listed.iter().all(|o| o.last_modified > before && o.last_modified <= chrono::Utc::now()), "{listed:?}");
+    listed.sort_by(|a, b| a.key.cmp(&b.key));
+    expected.sort();
+    let listed: Vec<(ObjectKey, u64)> = listed.into_iter().map(|o| (o.key, o.size)).collect();
+    assert_eq!(listed, expected);
+}
