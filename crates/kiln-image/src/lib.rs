@@ -43,11 +43,12 @@
 //! A blob is uploaded before anything that names it: layers and config,
 //! then the manifest, then `image.minisig` and `build.json`, so whoever can
 //! find a manifest can fetch all of it. Build expiry deletes `<key>/` only;
-//! shared blobs need a sweep of their own (the janitor: mark the digests
-//! named by every remaining `build.json` image record, `indexes/` object and
-//! `bases/` record; delete unmarked blobs older than a day, so a blob being
-//! uploaded for a build in progress is never taken). `Storage::list_builds`
-//! already skips these prefixes (they are not build keys).
+//! the janitor's `sweep` task removes the shared objects: it marks what the
+//! image record of every build with a row names, the `indexes/` records over
+//! marked manifests and the `bases/` records over marked layers, and deletes
+//! what is unmarked and older than `janitor.image_grace_secs` (a day by
+//! default), so a blob being uploaded for a build in progress is not taken.
+//! `Storage::list_builds` skips these prefixes (they are not build keys).
 //!
 //! # The signed record covers the image
 //!
