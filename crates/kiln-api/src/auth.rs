@@ -123,7 +123,7 @@ pub fn required_scope(method: &Method, path: &str) -> Option<Scope> {
     match path {
         "/api/builds" if method == Method::POST => Some(Scope::Submit),
         "/api/builds/{key}" if method == Method::DELETE => Some(Scope::Admin),
-        "/api/builds/{key}/retry" => Some(Scope::Admin),
+        "/api/builds/{key}/retry" | "/api/tokens" | "/api/tokens/{id}" => Some(Scope::Admin),
         p if p == "/api/builds/{key}" || p.starts_with("/api/builds/{key}/") => Some(Scope::Download),
         // A miss also needs `submit` (checked by the handler).
         "/api/compat" => Some(Scope::Download),

@@ -84,8 +84,12 @@ impl Scopes {
 
     /// Parse a comma-separated list (at least one scope).
     pub fn parse_list(list: &str) -> Result<Scopes, ValidationError> {
-        let scopes: BTreeSet<Scope> =
-            list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Scope::from_str).collect::<Result<_, _>>()?;
+        Scopes::from_names(list.split(',').map(str::trim).filter(|s| !s.is_empty()))
+    }
+
+    /// Parse scope names, one each (at least one scope; repeats count once).
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Scopes, ValidationError> {
+        let scopes: BTreeSet<Scope> = names.into_iter().map(Scope::from_str).collect::<Result<_, _>>()?;
         if scopes.is_empty() {
             return Err(ValidationError::new(
                 "scopes",

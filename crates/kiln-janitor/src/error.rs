@@ -31,9 +31,6 @@ pub enum JanitorError {
     /// `token revoke`: no token has this id.
     #[error("there is no token {0}; see `kiln-janitor token list`")]
     NoSuchToken(i64),
-    /// The operating system's random generator failed.
-    #[error("no random bytes for a token: {0}")]
-    Random(String),
     /// A storage call took longer than the janitor allows.
     #[error("{what}: no answer from storage within {secs} s")]
     StorageTimeout { what: String, secs: u64 },

@@ -1,9 +1,9 @@
 //! `kiln-janitor token create|list|revoke`: the API tokens of a private farm.
 //!
-//! A new token's secret is 32 bytes from the operating system's generator,
-//! printed once on stdout and stored only as its SHA-256 (see
-//! `migrations/V3__api_tokens.sql` for why a fast hash is right for it).
-//! Revoking fires a notification, so every API refuses the token at once.
+//! A new token's secret is printed once on stdout and stored only as its
+//! SHA-256 ([`Queue::issue_token`]). Revoking fires a notification, so every
+//! API refuses the token at once. The API's `/api/tokens` does the same
+//! over HTTP for an admin.
 
 use kiln_config::Config;
 use kiln_domain::token::check_token_name;
@@ -84,11 +84,7 @@ pub async fn execute(command: TokenCommand, config: &Config) -> Result<(), Janit
 pub async fn create(queue: &Queue, name: &str, scopes: &str) -> Result<(Token, TokenSecret), JanitorError> {
     check_token_name(name).map_err(|e| invalid(format!("--name: {}", e.message)))?;
     let scopes = Scopes::parse_list(scopes).map_err(|e| invalid(format!("--scopes: {}", e.message)))?;
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| JanitorError::Random(e.to_string()))?;
-    let secret = TokenSecret::from_random(bytes);
-    let token = queue.create_token(name, &scopes, &secret.hash()).await?;
-    Ok((token, secret))
+    Ok(queue.issue_token(name, &scopes).await?)
 }
 
 fn invalid(message: String) -> JanitorError {

@@ -21,6 +21,10 @@ pub enum QueueError {
     /// ([`Queue::enqueue_for`](crate::Queue::enqueue_for)); nothing was queued.
     #[error("the token already has {limit} builds queued or running")]
     OverQuota { limit: u32 },
+    /// The operating system's random generator failed, so no token secret
+    /// could be made ([`Queue::issue_token`](crate::Queue::issue_token)).
+    #[error("no random bytes for a token secret: {0}")]
+    NoRandomness(String),
     /// A stored row that does not decode (a bug or a hand-edited row);
     /// `row` names it as `table/id`.
     #[error("corrupt row {row}: {message}")]

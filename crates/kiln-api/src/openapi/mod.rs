@@ -29,7 +29,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::routes::{builds, compat, image, live, ops, recipes};
+use crate::routes::{builds, compat, image, live, ops, recipes, tokens};
 
 /// The document's fixed parts; the paths come from [`router`].
 #[derive(utoipa::OpenApi)]
@@ -49,6 +49,7 @@ use crate::routes::{builds, compat, image, live, ops, recipes};
         (name = "downloads", description = "The stored files of a succeeded build: immutable, with `ETag`, `Range` and `HEAD`."),
         (name = "compat", description = "The Caddy download API's query shape: one request that waits and downloads."),
         (name = "recipes", description = "What a client asks before it builds: recipes, their versions, and a request resolved to its key."),
+        (name = "tokens", description = "A private farm's API tokens (admin): make, list and revoke them, as `kiln-janitor token` does."),
         (name = "operations", description = "The signing key, health, readiness, metrics, the download page and this document."),
     )
 )]
@@ -130,6 +131,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(recipes::recipe))
         .routes(routes!(recipes::versions))
         .routes(routes!(recipes::resolve))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::revoke))
         .routes(routes!(ops::signing_key))
         .routes(routes!(openapi_json))
         .routes(routes!(ops::healthz))

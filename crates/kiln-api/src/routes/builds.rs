@@ -77,19 +77,7 @@ pub async fn create(
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the body may have at most {} bytes", state.config().api.max_body_bytes),
-            )
-            .with_field("body")
-        } else {
-            ApiError::bad_request("body", "invalid_body", e.body_text())
-        }
-    })?;
-    let req = parse_body(&body)?;
+    let req: BuildRequest = json_body(&state, body)?;
     let spec = prepare(&state, &req).await?;
     let build = enqueue(&state, &caller, &spec, priority::DEFAULT).await?.build;
     if build.state == BuildState::Succeeded {
@@ -120,8 +108,25 @@ pub async fn enqueue(state: &AppState, caller: &Caller, spec: &BuildSpec, priori
 /// so a client need not ask again sooner.
 const QUOTA_RETRY_AFTER: &str = "30";
 
-fn parse_body(body: &[u8]) -> ApiResult<BuildRequest> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
+/// A JSON request body as `T`, or the error that says what to fix: the
+/// body too large, not JSON, or the field (`plugins[1].module`) that is wrong.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<T> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body may have at most {} bytes", state.config().api.max_body_bytes),
+            )
+            .with_field("body")
+        } else {
+            ApiError::bad_request("body", "invalid_body", e.body_text())
+        }
+    })?;
+    let de = &mut serde_json::Deserializer::from_slice(&body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let field = if matches!(path.as_str(), "." | "?" | "") { "body".to_owned() } else { path };

@@ -6,3 +6,4 @@ pub mod image;
 pub mod live;
 pub mod ops;
 pub mod recipes;
+pub mod tokens;

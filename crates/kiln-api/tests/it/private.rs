@@ -256,6 +256,120 @@ async fn a_revoked_token_is_refused_by_every_api_at_once() {
     }
 }
 
+/// An admin makes, lists and revokes tokens over HTTP, as `kiln-janitor
+/// token` does: only `admin` may; a new secret works on another API with its
+/// scopes and no more; the list never shows a secret; a revocation through
+/// one API is refused by the other at once; bad input makes nothing and says
+/// what to fix.
+#[tokio::test]
+async fn an_admin_makes_lists_and_revokes_tokens_over_http() {
+    let db = TestDb::new().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let one = serve(&db, dir.path(), &private).await;
+    let two = serve(&db, dir.path(), &private).await;
+    let (_, ops) = token(one.state.queue(), "ops", "admin").await;
+    let (_, reader) = token(one.state.queue(), "reader", "download,submit").await;
+    let bootstrap = one.state.config().api.admin_token.as_ref().expect("config.test.yml has one").expose().to_owned();
+    let http = reqwest::Client::new();
+    let tokens = format!("{}/api/tokens", one.url);
+    let new = |name: &str, scopes: &[&str]| json!({"name": name, "scopes": scopes});
+
+    // Only an admin.
+    let (s, www, j) = answer(http.get(&tokens)).await;
+    assert_eq!((s, code(&j)), (StatusCode::UNAUTHORIZED, "unauthorized"), "{j}");
+    assert!(www.is_some());
+    for r in [
+        http.get(&tokens).bearer_auth(&reader),
+        http.post(&tokens).bearer_auth(&reader).json(&new("me", &["admin"])),
+        http.delete(format!("{tokens}/1")).bearer_auth(&reader),
+    ] {
+        let (s, _, j) = answer(r).await;
+        assert_eq!((s, code(&j)), (StatusCode::FORBIDDEN, "insufficient_scope"), "{j}");
+    }
+
+    // Made by an admin token and by the configuration's admin token.
+    let (s, _, made) = answer(http.post(&tokens).bearer_auth(&ops).json(&new("ci", &["submit", "download"]))).await;
+    assert_eq!(s, StatusCode::CREATED, "{made}");
+    let secret = made["secret"].as_str().unwrap().to_owned();
+    assert!(TokenSecret::parse(&secret).is_some(), "{secret}");
+    assert_eq!(made["token"]["name"], "ci");
+    assert_eq!(made["token"]["scopes"], json!(["download", "submit"]));
+    assert!(made["token"]["revoked_at"].is_null());
+    let id = made["token"]["id"].as_i64().unwrap();
+    let (s, _, other) = answer(http.post(&tokens).bearer_auth(&bootstrap).json(&new("ops 2", &["admin"]))).await;
+    assert_eq!(s, StatusCode::CREATED, "{other}");
+    assert_ne!(other["secret"], made["secret"]);
+
+    // The new token works on the other API, with its scopes and no more.
+    let build = json!({"recipe": "hello", "os": "linux", "arch": "amd64"});
+    let (s, _, j) = answer(http.post(format!("{}/api/builds", two.url)).bearer_auth(&secret).json(&build)).await;
+    assert!(s == StatusCode::ACCEPTED || s == StatusCode::OK, "{s} {j}");
+    let (s, _, j) = answer(http.get(format!("{}/api/tokens", two.url)).bearer_auth(&secret)).await;
+    assert_eq!((s, code(&j)), (StatusCode::FORBIDDEN, "insufficient_scope"), "{j}");
+
+    // Listed, oldest first, never with a secret.
+    let listed = http.get(&tokens).bearer_auth(&ops).send().await.unwrap();
+    assert_eq!(listed.headers()["cache-control"], "no-store");
+    let text = listed.text().await.unwrap();
+    assert!(!text.contains(&secret[5..]) && !text.contains("kiln_"), "a secret in the list: {text}");
+    let list: Value = serde_json::from_str(&text).unwrap();
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ops", "reader", "ci", "ops 2"]);
+
+    // Revoked through one API: the other refuses it at once (its cache holds it).
+    let (s, _, j) = answer(http.delete(format!("{tokens}/{id}")).bearer_auth(&ops)).await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    assert!(j["revoked_at"].is_string(), "{j}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, _, j) = answer(http.get(format!("{}/api/recipes/hello", two.url)).bearer_auth(&secret)).await;
+        if s == StatusCode::UNAUTHORIZED {
+            assert_eq!(code(&j), "invalid_token");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the other API still accepts a revoked token");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (s, _, again) = answer(http.delete(format!("{tokens}/{id}")).bearer_auth(&ops)).await;
+    assert_eq!((s, &again["revoked_at"]), (StatusCode::OK, &j["revoked_at"]), "revoking twice keeps the first time");
+
+    // Bad input: the field and what to fix; nothing is made.
+    let cases = [
+        (new("", &["download"]), "name", "invalid_name"),
+        (new(&"x".repeat(101), &["download"]), "name", "invalid_name"),
+        (new("a\nb", &["download"]), "name", "invalid_name"),
+        (new("x", &[]), "scopes", "invalid_scope"),
+        (new("x", &["root"]), "scopes", "invalid_scope"),
+        (new("x", &["admin'; DROP TABLE api_tokens; --"]), "scopes", "invalid_scope"),
+        (json!({"name": "x", "scopes": "admin"}), "scopes", "invalid_body"),
+        (json!({"name": "x"}), "body", "invalid_body"),
+        (json!({"name": "x", "scopes": ["admin"], "secret": format!("kiln_{}", "0".repeat(64))}), "", "invalid_body"),
+    ];
+    for (body, field, want) in cases {
+        let (s, _, j) = answer(http.post(&tokens).bearer_auth(&ops).json(&body)).await;
+        assert_eq!((s, code(&j)), (StatusCode::BAD_REQUEST, want), "{body}: {j}");
+        if !field.is_empty() {
+            assert_eq!(j["error"]["field"].as_str(), Some(field), "{body}: {j}");
+        }
+        assert!(!j["error"]["message"].as_str().unwrap_or_default().is_empty(), "{j}");
+    }
+    let (s, _, j) =
+        answer(http.post(&tokens).bearer_auth(&ops).body("{").header("content-type", "application/json")).await;
+    assert_eq!((s, code(&j)), (StatusCode::BAD_REQUEST, "invalid_body"), "{j}");
+    for (id, status, want) in [
+        ("abc", StatusCode::BAD_REQUEST, "invalid_token_id"),
+        ("0", StatusCode::BAD_REQUEST, "invalid_token_id"),
+        ("-1", StatusCode::BAD_REQUEST, "invalid_token_id"),
+        ("+1", StatusCode::BAD_REQUEST, "invalid_token_id"),
+        ("99999999999999999999", StatusCode::BAD_REQUEST, "invalid_token_id"),
+        ("999999", StatusCode::NOT_FOUND, "unknown_token"),
+    ] {
+        let (s, _, j) = answer(http.delete(format!("{tokens}/{id}")).bearer_auth(&ops)).await;
+        assert_eq!((s, code(&j)), (status, want), "{id}: {j}");
+    }
+    assert_eq!(one.state.queue().tokens().await.unwrap().len(), 4, "a refused request made a token");
+}
+
 fn limited(c: &mut Config) {
     private(c);
     c.api.limits.per_token = RateLimit { requests_per_second: 1, burst: 5 };
@@ -469,6 +583,7 @@ async fn read_head(conn: &mut tokio::net::TcpStream) -> String {
 async fn a_token_never_appears_in_logs_and_the_cli_sends_it() {
     let mut farm = kiln_testkit::farm::Farm::new().await;
     farm.set("KILN_AUTH_MODE", "tokens").set("RUST_LOG", "debug").set("KILN_COMPAT_TIMEOUT", "1");
+    farm.set("KILN_ADMIN_TOKEN", "log-test-admin");
     farm.migrate();
     let mut create =
         farm.spawn("kiln-janitor", "create", &["token", "create", "--name", "ci", "--scopes", "download,submit"]);
@@ -490,6 +605,12 @@ async fn a_token_never_appears_in_logs_and_the_cli_sends_it() {
         }
     }
     let _ = http.get(url(&format!("/api/builds/{key}"))).basic_auth("docker", Some(&secret)).send().await.unwrap();
+    // A token made over HTTP: its secret is in the answer and nowhere else.
+    let r = http.post(url("/api/tokens")).bearer_auth("log-test-admin");
+    let made: Value =
+        r.json(&json!({"name": "web", "scopes": ["download"]})).send().await.unwrap().json().await.unwrap();
+    let made = made["secret"].as_str().expect("a secret").to_owned();
+    let _ = http.get(url("/api/tokens")).bearer_auth("log-test-admin").send().await.unwrap();
 
     // The CLI: refused without a token, served with one.
     let kiln = |token: Option<(&str, &str)>| {
@@ -517,7 +638,7 @@ async fn a_token_never_appears_in_logs_and_the_cli_sends_it() {
 
     let log = api.output();
     assert!(log.contains("token="), "the request spans name the token's id:\n{log}");
-    for needle in [&secret[..], &secret[5..], &mangled[5..]] {
+    for needle in [&secret[..], &secret[5..], &mangled[5..], &made[5..], "log-test-admin"] {
         assert!(!log.contains(needle), "the API logged a token:\n{log}");
     }
     assert_eq!(create.output().matches(&secret).count(), 1);

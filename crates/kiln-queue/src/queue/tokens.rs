@@ -1,12 +1,18 @@
-//! API tokens: the janitor's `token create|list|revoke` and the API's
-//! lookup of a presented token by the SHA-256 of its secret.
+//! API tokens: made, listed and revoked by `kiln-janitor token` and by
+//! the API's `/api/tokens` (admin), and the API's lookup of a presented
+//! token by the SHA-256 of its secret.
+//!
+//! A new token's secret is 32 bytes from the operating system's generator,
+//! handed to the caller once ([`Queue::issue_token`]) and stored only as its
+//! SHA-256 (see `migrations/V3__api_tokens.sql` for why a fast hash is
+//! right for it).
 //!
 //! Revoking (or deleting) a token fires `kiln_tokens` with its id (a
 //! trigger, see `migrations/V3__api_tokens.sql`), so every API drops it from
 //! its cache at once ([`Notification::TokenRevoked`](crate::Notification)).
 
 use chrono::{DateTime, Utc};
-use kiln_domain::{Scope, Scopes};
+use kiln_domain::{Scope, Scopes, TokenSecret};
 use sqlx::FromRow;
 
 use super::Queue;
@@ -57,6 +63,16 @@ impl TryFrom<TokenRecord> for Token {
 }
 
 impl Queue {
+    /// Make a token named `name` (checked by the caller) with `scopes`: its
+    /// secret, which exists nowhere else from now on, and the token as stored.
+    pub async fn issue_token(&self, name: &str, scopes: &Scopes) -> Result<(Token, TokenSecret), QueueError> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| QueueError::NoRandomness(e.to_string()))?;
+        let secret = TokenSecret::from_random(bytes);
+        let token = self.create_token(name, scopes, &secret.hash()).await?;
+        Ok((token, secret))
+    }
+
     /// Store a new token by the SHA-256 of its secret.
     pub async fn create_token(&self, name: &str, scopes: &Scopes, secret_hash: &[u8; 32]) -> Result<Token, QueueError> {
         let sql =
