@@ -19,6 +19,13 @@
 //!
 //! Any failure to list, read or decode while marking ends the run before
 //! anything is deleted: a partial mark never deletes.
+//!
+//! Steps 2 and 3 hold the image lock alone (`Queue::sweep_images`): a worker
+//! holds its share from its first look at the shared objects until its
+//! build, which names what it found, is recorded. Without it a worker could
+//! find an old unnamed blob stored, skip its upload, and have it deleted
+//! before its build named it. A sweep that cannot take the lock within a
+//! minute deletes nothing and is tried again at its next tick.
 
 use std::collections::HashSet;
 
@@ -62,6 +69,26 @@ impl Janitor {
             .in_time_shared("listing shared objects", self.storage.list_shared())
             .await
             .map_err(|e| fail(&counts, e.to_string()))?;
+        // From the mark to the last delete, no worker may be between finding
+        // a shared object stored and recording the build that names it.
+        let lock = self
+            .queue
+            .sweep_images()
+            .await
+            .map_err(|e| fail(&counts, format!("nothing swept: no hold of the image lock: {e}")))?;
+        let result = self.mark_and_sweep(listed, cutoff, counts).await;
+        lock.release().await;
+        result
+    }
+
+    /// Steps 2 and 3, under the image lock.
+    async fn mark_and_sweep(
+        &self,
+        listed: Vec<SharedObject>,
+        cutoff: DateTime<Utc>,
+        mut counts: Counts,
+    ) -> Result<Counts, Partial> {
+        let fail = |counts: &Counts, e: String| Partial { counts: counts.clone(), error: e };
         let live = self.queue.live_images().await.map_err(|e| fail(&counts, format!("nothing swept: {e}")))?;
         counts.set("live_images", live.len() as i64);
 

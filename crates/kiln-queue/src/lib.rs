@@ -30,6 +30,7 @@ pub use listener::{Channel, Notification, Notifier};
 pub use migrate::{SCHEMA_VERSION, migrate};
 pub use queue::builds::{Attempt, Build, EnqueueOutcome, Enqueued, StateCounts, Submitter, priority};
 pub use queue::events::{Event, EventKind};
+pub use queue::images::ImageLock;
 pub use queue::leadership::Leadership;
 pub use queue::leases::{Claim, HandBack, HeartbeatOutcome, Lease, RetryOutcome};
 pub use queue::maintenance::{Expirable, ExpiryPolicy, JanitorRun, Removal, RescueReport};

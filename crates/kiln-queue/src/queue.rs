@@ -8,6 +8,8 @@
 //! - [`workers`]: the worker registry;
 //! - [`maintenance`]: the janitor's rescue, expiry, pruning and run records;
 //! - [`leadership`]: the janitors' leader lock;
+//! - [`images`]: the lock between workers using shared image objects and
+//!   the janitor's sweep of them;
 //! - [`stats`]: the download page's figures (build counts, typical times);
 //! - [`tokens`]: API tokens (the janitor's commands, the API's lookup).
 //!
@@ -16,6 +18,7 @@
 
 pub(crate) mod builds;
 pub(crate) mod events;
+pub(crate) mod images;
 pub(crate) mod leadership;
 pub(crate) mod leases;
 pub(crate) mod maintenance;

@@ -88,6 +88,19 @@ impl TestDb {
         with_database(&self.url, &name)
     }
 
+    /// How many sessions are waiting for an advisory lock in this database
+    /// right now (Postgres' own view, `pg_locks`): a way to see that a
+    /// process is blocked on a lock without timing it.
+    pub async fn advisory_waiters(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .expect("read pg_locks")
+    }
+
     /// A queue over this database with the given settings.
     pub fn queue(&self, settings: kiln_queue::QueueSettings) -> kiln_queue::Queue {
         kiln_queue::Queue::from_pool(self.pool.clone(), settings)

@@ -13,6 +13,10 @@
 //! 3. signs the manifest's bytes (`image.minisig`, trusted comment
 //!    `kiln image <key> <platform> sha256:<manifest>`).
 //!
+//! From before step 1 until the build is recorded, the worker holds its
+//! share of the image lock (`Queue::use_images`), so the janitor's sweep
+//! cannot delete a shared object this build found stored and reuses.
+//!
 //! [`publish`] then uploads, behind the upload fence and before
 //! `build.json` and the `succeeded` state: every blob the manifest names
 //! and the manifest itself (`blobs/sha256/<hex>`, skipped when already
@@ -26,6 +30,7 @@ use futures::StreamExt;
 use kiln_domain::manifest::{OciImageRecord, SignatureRecord};
 use kiln_domain::{BuildKey, BuildSpec, OciDigest, Recipe};
 use kiln_image::{BaseImage, BlobDir, BuiltImage, ImageError, ImageInputs};
+use kiln_queue::ImageLock;
 use kiln_storage::{ObjectKey, ObjectName, Storage};
 use tokio::io::AsyncWriteExt;
 
@@ -41,6 +46,16 @@ pub(crate) struct Made {
     signature: String,
     /// What `build.json` records of it.
     pub record: OciImageRecord,
+    /// This worker's share of the image lock, from before it first looked
+    /// at the shared objects until its build, which names them, is recorded.
+    lock: Option<ImageLock>,
+}
+
+impl Made {
+    /// The image lock, for the caller to release once the build is recorded.
+    pub(crate) fn take_lock(&mut self) -> Option<ImageLock> {
+        self.lock.take()
+    }
 }
 
 impl From<ImageError> for Failure {
@@ -64,6 +79,9 @@ pub(crate) async fn make(
     if spec.platform.os != kiln_domain::image_ref::IMAGE_OS {
         return Ok(None);
     }
+    // Shared objects found stored from here on may be reused without an
+    // upload: the sweep must not delete them until the build names them.
+    let lock = ctx.queue.use_images().await.map_err(|e| Failure::Infra(format!("the image lock: {e}")))?;
     let blobs = BlobDir::create(&root.join("image"))?;
     let base = match &oci.base {
         Some(template) => {
@@ -76,7 +94,7 @@ pub(crate) async fn make(
     let binary_file = recipe.binary_file(&spec.platform);
     let (spec, artifact, signer, key) = (spec.clone(), artifact.to_owned(), ctx.signer.clone(), key.clone());
     let dir = blobs.clone();
-    tokio::task::spawn_blocking(move || -> Result<Made, Failure> {
+    tokio::task::spawn_blocking(move || -> Result<_, Failure> {
         let inputs = ImageInputs { spec: &spec, oci: &oci, binary_file: &binary_file, base: base.as_ref() };
         let built = kiln_image::build_image(&inputs, &artifact, &dir)?;
         let digest = &built.record.manifest.digest;
@@ -96,11 +114,11 @@ pub(crate) async fn make(
                 trusted_comment: comment,
             },
         };
-        Ok(Made { blobs: dir, built, signature, record })
+        Ok((dir, built, signature, record))
     })
     .await
     .map_err(|e| Failure::Infra(format!("image task: {e}")))?
-    .map(Some)
+    .map(|(blobs, built, signature, record)| Some(Made { blobs, built, signature, record, lock: Some(lock) }))
 }
 
 /// Upload the image's blobs (those not stored yet), then its signature.

@@ -89,7 +89,9 @@ pub(crate) async fn run(ctx: &JobContext, claim: Claim, control: Arc<JobControl>
     let mut attempt = Attempt { ctx, claim: &claim, control: &control, log: Some(log_tx), steps: Vec::new() };
     let result = attempt.execute().await;
     let (end, record) = match result {
-        Ok(built) => {
+        Ok(mut built) => {
+            // Held until the build that names the image's objects is recorded.
+            let image_lock = built.oci.as_mut().and_then(image::Made::take_lock);
             attempt.say("==> done: uploading the artifact\n").await;
             let record = attempt.close_log(pump).await;
             let end = match attempt.publish(built, &record).await {
@@ -99,6 +101,9 @@ pub(crate) async fn run(ctx: &JobContext, claim: Claim, control: Arc<JobControl>
                 },
                 Err(f) => attempt.report(f.public(&ctx.config), &record).await,
             };
+            if let Some(lock) = image_lock {
+                lock.release().await;
+            }
             (end, record)
         }
         Err(f) => {

@@ -238,3 +238,43 @@ async fn the_grace_period_counts_from_the_last_write() {
     assert_eq!((r.ok, r.counts.get("swept"), r.counts.get("kept_young")), (true, 0, 1), "{r:?}");
     assert!(storage.exists(&ObjectKey::blob(&orphan)).await.unwrap());
 }
+
+/// The race the image lock closes: a worker finds an old blob no build names
+/// already stored and reuses it without an upload. A sweep started meanwhile
+/// neither deletes it nor marks before the worker's build is recorded: it
+/// waits for the worker's share of the lock, then keeps what the build names
+/// and sweeps the rest.
+#[tokio::test]
+async fn a_sweep_waits_for_a_worker_reusing_an_old_blob_and_keeps_it() {
+    let db = TestDb::new().await.unwrap();
+    let (storage, dir) = local_storage();
+    let j = janitor(&db, storage.clone());
+    let q = j.queue();
+    let reused = blob(&storage, "an old layer a new build reuses").await;
+    let unused = blob(&storage, "an old layer nothing reuses").await;
+    age_files(dir.path(), "no file has this in its name");
+    let key = finished(&db, q, "long", 1, BuildState::Succeeded, 0).await;
+
+    // The worker takes its share, then finds the blob stored and skips its upload.
+    let worker = q.use_images().await.unwrap();
+    assert!(storage.exists(&ObjectKey::blob(&reused)).await.unwrap());
+    let worker_side = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while db.advisory_waiters().await == 0 {
+            assert!(
+                storage.exists(&ObjectKey::blob(&reused)).await.unwrap(),
+                "the sweep deleted a blob a worker had found stored and was about to name"
+            );
+            assert!(std::time::Instant::now() < deadline, "the sweep never waited for the worker");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The sweep waits; the worker's build is recorded naming the blob, then it lets go.
+        give_image(&db, &storage, &key, vec![reused.clone()]).await;
+        worker.release().await;
+    };
+    let (r, ()) = tokio::join!(j.run(Task::Sweep), worker_side);
+    assert!(r.ok, "{r:?}");
+    assert!(storage.exists(&ObjectKey::blob(&reused)).await.unwrap(), "the blob the build names was swept");
+    assert!(!storage.exists(&ObjectKey::blob(&unused)).await.unwrap(), "the sweep did run");
+    assert_eq!(r.counts.get("swept"), 1, "{r:?}");
+}

@@ -91,6 +91,35 @@ async fn a_linux_build_makes_a_signed_image_whose_blobs_are_stored_once() {
     assert!(!farm.has_object(&windows_key, ObjectName::ImageSignature).await);
 }
 
+/// While the janitor's sweep holds the image lock, a worker making an image
+/// waits before it looks at the shared objects (so it cannot find a blob
+/// that the sweep is about to delete), and finishes once the sweep lets go.
+#[tokio::test]
+async fn a_worker_waits_for_a_sweep_before_it_looks_at_shared_objects() {
+    let Some(farm) = Farm::new("image-lock").await else { return };
+    let spec = farm.spec("hello", "v1.1.0", &[]);
+    let key = farm.enqueue(&spec).await;
+    let sweep = farm.queue.sweep_images().await.unwrap();
+    let id = format!("image-lock-{}", std::process::id());
+    let run = farm.run_once(&id);
+    tokio::pin!(run);
+    let waiting = async {
+        while farm.db.advisory_waiters().await == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        end = &mut run => panic!("the build ended while a sweep held the image lock: {end:?}"),
+        () = waiting => {}
+    }
+    let build = farm.build(&key).await;
+    assert_eq!(build.state, BuildState::Running, "{:?}", build.error);
+    assert!(build.artifact.is_none());
+    sweep.release().await;
+    assert_eq!(run.await, Exit::Once(JobEnd::Succeeded));
+    assert!(farm.build(&key).await.artifact.unwrap().oci_image.is_some());
+}
+
 fn count_blobs(farm: &Farm) -> usize {
     let dir = farm.dir.path().join("artifacts/blobs/sha256");
     std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).count()
