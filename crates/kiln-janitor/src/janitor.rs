@@ -323,7 +323,7 @@ impl Janitor {
         }
     }
 
-    /// A storage call about shared objects under the janitor's time limit.
+    /// A storage call under the janitor's time limit; `what` names it in a time-out.
     pub(crate) async fn in_time_shared<T>(
         &self,
         what: &str,
@@ -338,20 +338,14 @@ impl Janitor {
         }
     }
 
-    /// A storage call under the janitor's time limit.
+    /// A storage call about build `key` under the janitor's time limit.
     async fn in_time<T>(
         &self,
         key: &BuildKey,
         what: &str,
         call: impl Future<Output = Result<T, kiln_storage::StorageError>>,
     ) -> Result<T, JanitorError> {
-        match tokio::time::timeout(self.settings.storage_timeout, call).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(JanitorError::StorageTimeout {
-                what: format!("{key}: {what}"),
-                secs: self.settings.storage_timeout.as_secs(),
-            }),
-        }
+        self.in_time_shared(&format!("{key}: {what}"), call).await
     }
 }
 
