@@ -265,3 +265,97 @@ async fn page_preselects_the_visitors_platform_and_fits_a_phone() {
     assert_eq!(unlabelled, json!([]));
     b.shot("1-phone").await;
 }
+
+const TAB: &str = "\u{E004}";
+const ENTER: &str = "\u{E007}";
+const SPACE: &str = "\u{E00D}";
+const RIGHT: &str = "\u{E014}";
+const DOWN: &str = "\u{E015}";
+
+/// Keys pressed on whatever has the focus, as a keyboard user presses them.
+async fn press(b: &Browser, keys: &str) {
+    let focused = b.client.active_element().await.unwrap();
+    focused.send_keys(keys).await.unwrap_or_else(|e| panic!("pressing {keys:?}: {e}"));
+}
+
+/// Press Tab until the focus is on `css`. Fails after 60 presses, naming
+/// everything the focus went through.
+async fn tab_to(b: &Browser, css: &str) {
+    const FOCUSED: &str = "const e = document.activeElement;
+        return e.id ? '#' + e.id : e.tagName.toLowerCase() + (e.value ? '=' + e.value : '');";
+    let mut passed = Vec::new();
+    for _ in 0..60 {
+        if b.js("return document.activeElement.matches(arguments[0])", vec![json!(css)]).await == json!(true) {
+            return;
+        }
+        press(b, TAB).await;
+        passed.push(b.js(FOCUSED, vec![]).await);
+    }
+    panic!("Tab never reached {css}; the focus went through {passed:?}");
+}
+
+/// Whether the focused control shows that it has the focus (a chip's input
+/// is invisible: its label is what shows the ring).
+const FOCUS_RING: &str = "const e = document.activeElement;
+    const shown = e.closest('.chip') ? e.nextElementSibling : e;
+    const s = getComputedStyle(shown);
+    return s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0;";
+
+#[tokio::test]
+async fn page_works_from_the_keyboard_alone() {
+    let b = browser!("keyboard");
+    // No worker: the build the keyboard starts waits in the queue.
+    let f = ApiFarm::start(&[]).await;
+    b.client.goto(&f.url("/")).await.unwrap();
+    b.until("the verdict", "return document.getElementById('verdict').textContent.includes('Will be built')").await;
+
+    // The platforms are one group: Tab enters it on the chosen one, an arrow
+    // key chooses the next.
+    tab_to(&b, "input[name=platform]:checked").await;
+    assert_eq!(b.js(FOCUS_RING, vec![]).await, json!(true), "the focused platform shows no focus ring");
+    let next = b
+        .js(
+            "const all = [...document.querySelectorAll('input[name=platform]')];
+             const i = all.findIndex((r) => r.checked);
+             return all[(i + 1) % all.length].value;",
+            vec![],
+        )
+        .await;
+    press(&b, RIGHT).await;
+    let chosen = b.js("return document.querySelector('input[name=platform]:checked').value", vec![]).await;
+    assert_eq!(chosen, next);
+    b.until(
+        "the platform in the URL",
+        &format!("return location.search.includes('platform={}')", next.as_str().unwrap()),
+    )
+    .await;
+
+    // The version chooser answers the arrow keys.
+    tab_to(&b, "#version").await;
+    assert_eq!(b.js(FOCUS_RING, vec![]).await, json!(true), "the version chooser shows no focus ring");
+    let before = b.js("return document.getElementById('version').value", vec![]).await;
+    press(&b, DOWN).await;
+    let after = b.js("return document.getElementById('version').value", vec![]).await;
+    assert_ne!(before, after, "the down arrow did not change the version");
+
+    // Search, then Tab to the one plugin left and tick it with the space bar.
+    tab_to(&b, "#search").await;
+    press(&b, "GREET whoever").await;
+    assert_eq!(b.js(VISIBLE, vec![]).await, json!(["example.com/greet"]));
+    tab_to(&b, &plugin_box("example.com/greet")).await;
+    assert_eq!(b.js(FOCUS_RING, vec![]).await, json!(true), "the focused plugin shows no focus ring");
+    press(&b, SPACE).await;
+    b.until("greet in the URL", "return location.search.includes('p=example.com/greet')").await;
+    b.shot("1-chosen").await;
+
+    // Enter on Build starts the build, and the page follows it.
+    tab_to(&b, "#build").await;
+    press(&b, ENTER).await;
+    b.until(
+        "the queued state",
+        "return !document.getElementById('progress').hidden && document.getElementById('step').textContent === 'waiting for a worker'",
+    )
+    .await;
+    assert_eq!(f.build_count().await, 1);
+    b.shot("2-queued").await;
+}
