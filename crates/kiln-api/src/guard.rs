@@ -31,10 +31,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
 
 use axum::body::Body;
+use axum::extract::Request;
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, header};
-use axum::middleware::Next;
 use axum::response::Response;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -159,18 +158,17 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// The guard (see the module's documentation).
-pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
-    let shape = Shape::of(path.as_deref().unwrap_or(req.uri().path()));
-    match admit(&state, req, path.as_deref()).await {
-        Ok(req) => next.run(req).await,
-        Err(r) => {
-            state.metrics().rejected(r.reason);
-            tracing::info!(status = r.status.as_u16(), code = r.code, "refused");
-            r.render(shape)
-        }
-    }
+/// The guard (see the module's documentation): the request to run, or the
+/// refusal to answer. `path` is the matched route, if any. Called by the
+/// per-request layer ([`crate::middleware::per_request`]), inside the
+/// request's span.
+pub(crate) async fn guard(state: &AppState, req: Request, path: Option<&str>) -> Result<Request, Response> {
+    let shape = Shape::of(path.unwrap_or(req.uri().path()));
+    admit(state, req, path).await.map_err(|r| {
+        state.metrics().rejected(r.reason);
+        tracing::info!(status = r.status.as_u16(), code = r.code, "refused");
+        r.render(shape)
+    })
 }
 
 async fn admit(state: &AppState, req: Request, path: Option<&str>) -> Result<Request, Rejection> {

@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Kiln's HTTP API and download page.
 #[derive(Debug, Parser)]
 #[command(version, after_help = kiln_process::EXIT_STATUS_HELP)]

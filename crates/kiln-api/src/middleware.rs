@@ -1,4 +1,5 @@
-//! The per-request layer: request id, structured log line, metrics.
+//! The per-request layer: request id, the guard ([`crate::guard`]),
+//! structured log line, metrics. One layer, so a request pays for one.
 //!
 //! Each request gets an id: the client's `x-request-id` when it is a short
 //! printable token, else a new one. The id is echoed in the response's
@@ -14,7 +15,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
-use crate::AppState;
+use crate::{AppState, guard};
 
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -55,17 +56,24 @@ pub async fn per_request(State(state): State<AppState>, req: Request, next: Next
         .filter(|v| acceptable(v))
         .map(str::to_owned)
         .unwrap_or_else(new_request_id);
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "other".into());
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route_name = route.as_ref().map_or("other", MatchedPath::as_str);
     let method = req.method().clone();
     // `token` is the id of the caller's token, recorded by the guard.
     let span =
-        tracing::info_span!("request", id = %id, method = %method, route = %route, token = tracing::field::Empty);
-    let mut resp = CURRENT_ID.scope(id.clone(), next.run(req).instrument(span.clone())).await;
+        tracing::info_span!("request", id = %id, method = %method, route = %route_name, token = tracing::field::Empty);
+    let guarded = async {
+        match guard::guard(&state, req, route.as_ref().map(MatchedPath::as_str)).await {
+            Ok(req) => next.run(req).await,
+            Err(refused) => refused,
+        }
+    };
+    let mut resp = CURRENT_ID.scope(id.clone(), guarded.instrument(span.clone())).await;
     let status = resp.status();
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
-    state.metrics().request(&route, method.as_str(), status.as_u16());
+    state.metrics().request(route_name, method.as_str(), status.as_u16());
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     span.in_scope(|| {
         if status.is_server_error() {
