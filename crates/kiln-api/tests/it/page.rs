@@ -36,9 +36,10 @@ const RECORD_STEPS: &str = "
     new MutationObserver(() => window.kilnSteps.push(step.textContent))
         .observe(step, { childList: true, characterData: true, subtree: true });";
 
-/// The modules of the catalogue rows that are not hidden.
+/// The modules of the catalogue rows the browser shows (laid out, not
+/// merely not marked `hidden`: a stylesheet can override the attribute).
 const VISIBLE: &str = "return [...document.querySelectorAll('#catalogue .plugin')]
-    .filter((li) => !li.hidden).map((li) => li.dataset.module);";
+    .filter((li) => li.getClientRects().length > 0).map((li) => li.dataset.module);";
 
 async fn click(b: &Browser, css: &str) {
     b.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css}: {e}")).click().await.unwrap();
