@@ -84,6 +84,22 @@ fn code(j: &Value) -> &str {
     j["error"]["code"].as_str().unwrap_or_default()
 }
 
+/// Send `probe` until it is refused `401 invalid_token`: a revocation
+/// reaches an API's token cache through a notification, so not at once.
+/// Fails after 30 s, naming `who` as still accepting the token.
+async fn until_refused(probe: impl Fn() -> reqwest::RequestBuilder, who: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, _, j) = answer(probe()).await;
+        if s == StatusCode::UNAUTHORIZED {
+            assert_eq!(code(&j), "invalid_token");
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{who} still accepts a revoked token");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Take every queued build to `succeeded` with `binary` in storage, as a worker would.
 pub async fn succeed_all(queue: &Queue, storage: &Storage, binary: &'static [u8]) -> Vec<BuildKey> {
     let mut keys = Vec::new();
@@ -243,16 +259,7 @@ async fn a_revoked_token_is_refused_by_every_api_at_once() {
     // caches would accept it forever; only the notification can end it.
     assert!(one.state.queue().revoke_token(id).await.unwrap().is_some());
     for api in [&one, &two] {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let (s, _, j) = answer(probe(api)).await;
-            if s == StatusCode::UNAUTHORIZED {
-                assert_eq!(code(&j), "invalid_token");
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "{} still accepts a revoked token", api.url);
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until_refused(|| probe(api), &api.url).await;
     }
 }
 
@@ -320,16 +327,7 @@ async fn an_admin_makes_lists_and_revokes_tokens_over_http() {
     let (s, _, j) = answer(http.delete(format!("{tokens}/{id}")).bearer_auth(&ops)).await;
     assert_eq!(s, StatusCode::OK, "{j}");
     assert!(j["revoked_at"].is_string(), "{j}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (s, _, j) = answer(http.get(format!("{}/api/recipes/hello", two.url)).bearer_auth(&secret)).await;
-        if s == StatusCode::UNAUTHORIZED {
-            assert_eq!(code(&j), "invalid_token");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the other API still accepts a revoked token");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_refused(|| http.get(format!("{}/api/recipes/hello", two.url)).bearer_auth(&secret), "the other API").await;
     let (s, _, again) = answer(http.delete(format!("{tokens}/{id}")).bearer_auth(&ops)).await;
     assert_eq!((s, &again["revoked_at"]), (StatusCode::OK, &j["revoked_at"]), "revoking twice keeps the first time");
 
