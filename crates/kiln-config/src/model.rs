@@ -130,6 +130,8 @@ pub struct ApiConfig {
     pub go_proxy: String,
     /// How long resolved version lists are cached.
     pub version_cache_secs: u64,
+    /// Threads that serve connections, each with its own event loop; 0: one per CPU.
+    pub io_threads: usize,
     /// Who may use the API: anyone (`open`) or holders of tokens (`tokens`).
     pub auth: AuthConfig,
     /// Rate limits, the per-token build quota, and the limits of a request.
@@ -219,6 +221,7 @@ impl Default for ApiConfig {
             max_body_bytes: 64 * 1024,
             go_proxy: "https://proxy.golang.org".into(),
             version_cache_secs: 60,
+            io_threads: 0,
             auth: AuthConfig::default(),
             limits: ApiLimits::default(),
         }
