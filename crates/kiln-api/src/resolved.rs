@@ -10,12 +10,13 @@
 //! made once: the spec (to enqueue when the build is not there), the key,
 //! and the header values of the answer.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::http::HeaderValue;
 use kiln_domain::{BuildKey, BuildSpec};
+
+use crate::state::FastMap;
 
 /// The most query strings remembered.
 const MAX_ENTRIES: usize = 16_384;
@@ -45,7 +46,7 @@ impl Resolved {
 /// Query string → resolution, each until it expires.
 #[derive(Debug, Default)]
 pub struct Resolutions {
-    map: Mutex<HashMap<Box<str>, Arc<Resolved>>>,
+    map: Mutex<FastMap<Box<str>, Arc<Resolved>>>,
 }
 
 impl Resolutions {

@@ -59,6 +59,9 @@ pub const SMALL_OBJECT: u64 = 64 * 1024;
 /// otherwise allow far more).
 const SMALL_BUDGET: usize = 32 * 1024 * 1024;
 
+/// The maps every cache hit reads: a fast hash, seeded per process.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Shared state of the API. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -72,7 +75,7 @@ struct Inner {
     metrics: Metrics,
     auth: Auth,
     limits: Limits,
-    hot: Mutex<HashMap<BuildKey, Hot>>,
+    hot: Mutex<FastMap<BuildKey, Hot>>,
     /// Bytes of small objects held in `hot`.
     hot_bytes: std::sync::atomic::AtomicUsize,
     /// Recipe figures for the page, by recipe, with when they were read.
@@ -98,7 +101,7 @@ impl Drop for Inner {
 struct Hot {
     at: Instant,
     build: Arc<Build>,
-    objects: HashMap<ObjectName, Arc<ObjectFacts>>,
+    objects: FastMap<ObjectName, Arc<ObjectFacts>>,
 }
 
 impl Hot {
@@ -144,7 +147,7 @@ impl AppState {
                 notifier,
                 resolver,
                 metrics,
-                hot: Mutex::new(HashMap::new()),
+                hot: Mutex::new(HashMap::default()),
                 hot_bytes: Default::default(),
                 stats: Mutex::new(HashMap::new()),
                 resolutions: Resolutions::default(),
@@ -293,13 +296,13 @@ impl AppState {
             hot.retain(|_, h| h.at > cut);
             self.recount(&hot);
         }
-        let old = hot.insert(build.key.clone(), Hot { at: Instant::now(), build, objects: HashMap::new() });
+        let old = hot.insert(build.key.clone(), Hot { at: Instant::now(), build, objects: FastMap::default() });
         if let Some(old) = old {
             self.0.hot_bytes.fetch_sub(old.small_bytes(), Ordering::Relaxed);
         }
     }
 
-    fn recount(&self, hot: &HashMap<BuildKey, Hot>) {
+    fn recount(&self, hot: &FastMap<BuildKey, Hot>) {
         self.0.hot_bytes.store(hot.values().map(Hot::small_bytes).sum(), Ordering::Relaxed);
     }
 

@@ -123,7 +123,7 @@ fn route(path: &str) -> RegistryResult<Route<'_>> {
 }
 
 /// Every `/v2/<…>` request.
-async fn dispatch(State(state): State<AppState>, caller: Caller, fetch: Fetch, uri: axum::http::Uri) -> Response {
+async fn dispatch(State(state): State<AppState>, caller: Caller, uri: axum::http::Uri, fetch: Fetch) -> Response {
     let path = uri.path().strip_prefix("/v2/").unwrap_or_default();
     let answer = async {
         let route = route(path)?;
