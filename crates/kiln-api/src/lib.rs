@@ -159,36 +159,35 @@ pub async fn serve_router(
     let listener = listener.into_std()?;
     // Set, or dropped when this future is: every thread stops accepting.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut ended = Vec::with_capacity(threads);
+    let mut serving = Vec::with_capacity(threads);
     for i in 0..threads {
         let (listener, router, builder, stopped) =
             (listener.try_clone()?, router.clone(), builder.clone(), stopped.clone());
         let (started_tx, started) = tokio::sync::oneshot::channel();
-        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new().name(format!("kiln-api-io-{i}")).spawn(move || {
+        let thread = std::thread::Builder::new().name(format!("kiln-api-io-{i}")).spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = started_tx.send(Err(e));
-                    return;
+                    return Ok(());
                 }
             };
             let _ = started_tx.send(Ok(()));
-            let result = runtime.block_on(serve_connections(listener, router, builder, stopped));
-            // Ends the connections' tasks before saying so.
-            drop(runtime);
-            let _ = ended_tx.send(result);
+            // The runtime, and with it every connection's task, is dropped
+            // before the thread ends.
+            runtime.block_on(serve_connections(listener, router, builder, stopped))
         })?;
         started.await.map_err(|_| std::io::Error::other("a serving thread died at start"))??;
-        ended.push(ended_rx);
+        serving.push(thread);
     }
     drop(listener);
     shutdown.await;
     tracing::info!("shutting down: no new connections; waiting requests are answered 503");
     stop.send_replace(true);
     state.stop_waiting();
-    for thread in ended {
-        thread.await.map_err(|_| std::io::Error::other("a serving thread panicked"))??;
+    for thread in serving {
+        let joined = tokio::task::spawn_blocking(move || thread.join()).await.map_err(std::io::Error::other)?;
+        joined.map_err(|_| std::io::Error::other("a serving thread panicked"))??;
     }
     Ok(())
 }

@@ -36,6 +36,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
+type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// The labels of `kiln_http_requests_total`, counted on every request: a
 /// struct rather than [`Labels`], so counting costs no formatting and one
@@ -63,7 +64,6 @@ fn method_label(method: &Method) -> &'static str {
     ];
     STANDARD.iter().find(|(m, _)| m == method).map_or("other", |(_, name)| name)
 }
-type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// The API's metrics and their registry.
 pub struct Metrics {

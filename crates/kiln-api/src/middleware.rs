@@ -87,7 +87,7 @@ pub async fn per_request(State(state): State<AppState>, req: Request, next: Next
             Err(refused) => refused,
         }
     };
-    let mut resp = CURRENT_ID.scope(id.clone(), guarded.instrument(span.clone())).await;
+    let mut resp = CURRENT_ID.scope(id, guarded.instrument(span.clone())).await;
     let status = resp.status();
     if let Some(v) = id_header {
         resp.headers_mut().insert(REQUEST_ID, v);

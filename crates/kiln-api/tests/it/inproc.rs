@@ -406,3 +406,49 @@ async fn run_serves_a_socket_and_stops_on_shutdown() {
     let _ = stop.send(());
     tokio::time::timeout(std::time::Duration::from_secs(15), server).await.unwrap().unwrap().unwrap();
 }
+
+/// This process's threads named `kiln-api-io-*` (Linux keeps a thread's
+/// name in `/proc/self/task/<id>/comm`; nextest runs each test in a
+/// process of its own).
+fn io_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|name| name.starts_with("kiln-api-io-"))
+        .count()
+}
+
+#[tokio::test]
+async fn run_serves_on_api_io_threads_and_ends_them_on_shutdown() {
+    let api = InProc::with(|c| c.api.io_threads = 3).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(kiln_api::run(listener, api.state.clone(), async {
+        let _ = stopped.await;
+    }));
+    // Many connections at once, each answered, whichever thread takes it.
+    let clients = (0..12).map(|_| {
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let url = format!("http://{addr}/healthz");
+            (0..5).map(|_| http.get(&url).send()).collect::<futures::future::JoinAll<_>>().await
+        })
+    });
+    for answers in futures::future::join_all(clients).await {
+        for answer in answers.unwrap() {
+            assert_eq!(answer.unwrap().status(), 200);
+        }
+    }
+    assert_eq!(io_threads(), 3, "api.io_threads threads serve");
+    let _ = stop.send(());
+    tokio::time::timeout(std::time::Duration::from_secs(15), server).await.unwrap().unwrap().unwrap();
+    // run has joined its threads: none of them still holds the socket.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "nothing listens once run has returned");
+    // The kernel drops a joined thread's task an instant after the join.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while io_threads() > 0 {
+        assert!(std::time::Instant::now() < deadline, "serving threads outlive the server");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
