@@ -10,6 +10,8 @@
 //! - `kiln_waiting{kind}`: compat requests and long-polls waiting right now;
 //! - `kiln_registry_requests_total{kind, method, status}`: answers of the
 //!   registry under `/v2/` (`kind`: `manifest`, `blob` or `base`);
+//! - in both, `method` is one of the nine standard methods or `other`, so
+//!   a client cannot add series by inventing methods;
 //! - `kiln_registry_pulls_total{outcome}`: manifest requests by outcome
 //!   (`served`, `build_failed`, `pending`, `refused`, `error`);
 //! - `kiln_registry_blob_bytes_total`: blob bytes sent (`307`s not counted);
@@ -170,11 +172,11 @@ impl Metrics {
         }
     }
 
-    pub fn registry_request(&self, kind: &str, method: &str, status: u16) {
+    pub fn registry_request(&self, kind: &str, method: &Method, status: u16) {
         self.registry_requests
             .get_or_create(&vec![
                 ("kind", kind.to_owned()),
-                ("method", method.to_owned()),
+                ("method", method_label(method).to_owned()),
                 ("status", status.to_string()),
             ])
             .inc();
@@ -279,15 +281,18 @@ mod tests {
     #[test]
     fn requests_are_counted_by_route_method_and_status_with_methods_bounded() {
         let m = Metrics::new();
+        let brew = Method::from_bytes(b"BREW").unwrap();
         m.request("/api/compat", &Method::GET, 200);
         m.request("/api/compat", &Method::GET, 200);
-        m.request("other", &Method::from_bytes(b"BREW").unwrap(), 405);
+        m.request("other", &brew, 405);
+        m.registry_request("base", &brew, 405);
         let text = m.encode();
         assert!(
             text.contains(r#"kiln_http_requests_total{route="/api/compat",method="GET",status="200"} 2"#),
             "{text}"
         );
         assert!(text.contains(r#"kiln_http_requests_total{route="other",method="other",status="405"} 1"#), "{text}");
+        assert!(text.contains(r#"kiln_registry_requests_total{kind="base",method="other",status="405"} 1"#), "{text}");
         assert!(!text.contains("BREW"), "{text}");
     }
 }

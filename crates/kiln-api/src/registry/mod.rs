@@ -170,7 +170,7 @@ async fn mark(State(state): State<AppState>, req: Request, next: Next) -> Respon
     };
     let mut resp = next.run(req).await;
     resp.headers_mut().insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
-    state.metrics().registry_request(kind, method.as_str(), resp.status().as_u16());
+    state.metrics().registry_request(kind, &method, resp.status().as_u16());
     resp
 }
 

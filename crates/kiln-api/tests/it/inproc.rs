@@ -372,16 +372,37 @@ async fn an_unreachable_database_is_a_503() {
         .error(503, "database_unavailable");
 }
 
+/// `api`'s state served by [`kiln_api::run`] on a loopback socket.
+struct Served {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    async fn start(api: &InProc) -> Served {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(kiln_api::run(listener, api.state.clone(), async {
+            let _ = stopped.await;
+        }));
+        Served { addr, stop, server }
+    }
+
+    /// Signal shutdown; `run` must return, without error, within 15 s.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(std::time::Duration::from_secs(15), self.server).await.unwrap().unwrap().unwrap();
+    }
+}
+
 #[tokio::test]
 async fn run_serves_a_socket_and_stops_on_shutdown() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let api = InProc::new().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(kiln_api::run(listener, api.state.clone(), async {
-        let _ = stopped.await;
-    }));
+    let served = Served::start(&api).await;
+    let addr = served.addr;
     let raw = |request: &'static [u8]| async move {
         let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
         conn.write_all(request).await.unwrap();
@@ -403,8 +424,7 @@ async fn run_serves_a_socket_and_stops_on_shutdown() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains(r#""code":"invalid_encoding""#) && answer.contains(r#""field":"p""#), "{answer}");
-    let _ = stop.send(());
-    tokio::time::timeout(std::time::Duration::from_secs(15), server).await.unwrap().unwrap().unwrap();
+    served.stop().await;
 }
 
 /// This process's threads named `kiln-api-io-*` (Linux keeps a thread's
@@ -421,12 +441,8 @@ fn io_threads() -> usize {
 #[tokio::test]
 async fn run_serves_on_api_io_threads_and_ends_them_on_shutdown() {
     let api = InProc::with(|c| c.api.io_threads = 3).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(kiln_api::run(listener, api.state.clone(), async {
-        let _ = stopped.await;
-    }));
+    let served = Served::start(&api).await;
+    let addr = served.addr;
     // Many connections at once, each answered, whichever thread takes it.
     let clients = (0..12).map(|_| {
         tokio::spawn(async move {
@@ -441,8 +457,7 @@ async fn run_serves_on_api_io_threads_and_ends_them_on_shutdown() {
         }
     }
     assert_eq!(io_threads(), 3, "api.io_threads threads serve");
-    let _ = stop.send(());
-    tokio::time::timeout(std::time::Duration::from_secs(15), server).await.unwrap().unwrap().unwrap();
+    served.stop().await;
     // run has joined its threads: none of them still holds the socket.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "nothing listens once run has returned");
     // The kernel drops a joined thread's task an instant after the join.
